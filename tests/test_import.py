@@ -1,0 +1,4 @@
+def test_import():
+    import glocal
+
+    assert glocal.__version__
