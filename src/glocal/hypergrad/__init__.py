@@ -1,0 +1,7 @@
+"""Hypergradient engines: forward mode (tangents) and reverse mode (unrolled autograd)."""
+
+from .api import hypergradient
+from .forward import ForwardEngine
+from .reverse import ReverseEngine
+
+__all__ = ["ForwardEngine", "ReverseEngine", "hypergradient"]

@@ -1,0 +1,68 @@
+"""Reverse-mode hypergradients: unroll the steps with an autograd graph and back-propagate.
+
+Memory grows with the number of unrolled steps (O(window * p)) but not with q, so this is the
+engine for many hyperparameters (per-sample loss weights). ``begin_window`` cuts the graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..optim.base import InnerOptimizer
+from ..space import HyperSpace
+from .engine import Engine, Validation
+from .functional import Batch, LossFn, call_loss, split_batch
+
+
+class ReverseEngine(Engine):
+    """Trains ``model`` in place while keeping the graph of the steps since ``begin_window``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: InnerOptimizer,
+        space: HyperSpace,
+        train_loss: LossFn,
+        val_loss: LossFn | None = None,
+    ) -> None:
+        super().__init__(model, optimizer, space, train_loss, val_loss)
+        self.raw_leaf: Tensor = self._raw().requires_grad_(True)
+        self.params: tuple[Tensor, ...] = ()
+        self.begin_window()
+
+    def begin_window(self) -> None:
+        """Drop the graph: hypergradients from now on measure phi's effect from this step."""
+        self.raw_leaf = self._raw().requires_grad_(True)
+        self.params = tuple(p.detach().clone().requires_grad_(True) for p in self.fmodel.parameters())
+        self.state = tuple(s.detach() for s in self.state)
+        self.unrolled = 0
+
+    def step(self, batch: Batch) -> float:
+        """One optimizer step on ``batch``, recorded in the graph; returns the training loss."""
+        x, rest = split_batch(batch, "train_batch")
+        hparams = self.space.values(self.raw_leaf)
+        buffers = tuple(b.detach().clone() for b in self.fmodel.buffers())
+        with self.fmodel.mode(True):
+            output = self.fmodel(self.params, buffers, x)
+        loss = call_loss(self.train_loss, output, rest, hparams if self.loss_uses_hparams else None)
+        grads = torch.autograd.grad(loss, self.params, create_graph=True)
+        self.step_count += 1
+        self.params, self.state = self.optimizer.update(self.params, self.state, grads, hparams, self.step_count)
+        self.unrolled += 1
+        self.fmodel.write_back(tuple(p.detach() for p in self.params), buffers)
+        return float(loss.detach())
+
+    def hypergradient(self, val: Validation, retain_graph: bool = True) -> tuple[float, Tensor]:
+        """(L_val(theta_t), d L_val(theta_t)/d raw since ``begin_window``), by back-propagation."""
+        batch = val() if callable(val) else val
+        x, rest = split_batch(batch, "val_batch")
+        buffers = tuple(b.detach().clone() for b in self.fmodel.buffers())
+        with self.fmodel.mode(False):
+            output = self.fmodel(self.params, buffers, x)
+        loss = call_loss(self.val_loss, output, rest, None)
+        if self.unrolled == 0:
+            return float(loss.detach()), torch.zeros_like(self.space.raw, requires_grad=False)
+        (h,) = torch.autograd.grad(loss, self.raw_leaf, retain_graph=retain_graph, allow_unused=True)
+        h = torch.zeros_like(self.raw_leaf) if h is None else h
+        return float(loss.detach()), h.detach().to(self.space.raw.dtype)
