@@ -2,6 +2,7 @@
 
 from .api import hypergradient
 from .forward import ForwardEngine
+from .plain import PlainEngine
 from .reverse import ReverseEngine
 
-__all__ = ["ForwardEngine", "ReverseEngine", "hypergradient"]
+__all__ = ["ForwardEngine", "PlainEngine", "ReverseEngine", "hypergradient"]
