@@ -58,7 +58,7 @@ def test_unknown_name_and_set():
         space.set(wd=0.1)
     space.set(lr=0.2)
     assert space.to_dict()["lr"] == pytest.approx(0.2)
-    with pytest.raises(ValueError, match="lr.*> 0"):
+    with pytest.raises(ValueError, match=r"lr.*> 0"):
         space.set(lr=-1)
 
 

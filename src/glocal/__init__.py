@@ -3,10 +3,25 @@
 The public namespace is curated: what is imported here is the supported API.
 """
 
-from . import optim
+from . import koopman, optim
 from .hypergrad import hypergradient
 from .space import HyperSpace, Identity, Log, Logit
+from .strategies import Fixed, Global, Glocal, Local
+from .tuner import Tuner
 
 __version__ = "0.1.0"
 
-__all__ = ["HyperSpace", "Identity", "Log", "Logit", "hypergradient", "optim"]
+__all__ = [
+    "Fixed",
+    "Global",
+    "Glocal",
+    "HyperSpace",
+    "Identity",
+    "Local",
+    "Log",
+    "Logit",
+    "Tuner",
+    "hypergradient",
+    "koopman",
+    "optim",
+]

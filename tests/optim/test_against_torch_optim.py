@@ -19,7 +19,7 @@ def _run_both(make_torch, ours, steps=60, tuned=()):
     for step in range(1, steps + 1):
         grads = tuple(torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in params)
         if step % 7 == 0:  # exact zero gradients exercise Adam's sqrt at zero
-            grads = (torch.zeros_like(grads[0]),) + grads[1:]
+            grads = (torch.zeros_like(grads[0]), *grads[1:])
         for p, g in zip(reference, grads, strict=True):
             p.grad = g.clone()
         torch_opt.step()

@@ -1,0 +1,139 @@
+"""Fallbacks, argument errors, output types and building blocks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from koopman_systems import modal_system
+
+from glocal.koopman import Estimate, extrapolate
+from glocal.koopman.dmd import clip_modulus, geometric_sum
+from glocal.koopman.hankel import default_delay, hankel_matrix
+from glocal.koopman.rank import omega, select_rank
+
+
+@pytest.fixture
+def traj():
+    return modal_system(1, 3, 40, constant=True)[0]
+
+
+def test_numpy_in_numpy_out(traj):
+    est = extrapolate(traj.astype(np.float32), 5)
+    assert isinstance(est, Estimate)
+    assert isinstance(est.value, np.ndarray) and est.value.dtype == np.float32 and est.value.shape == (3,)
+    assert est.eigenvalues.dtype == np.complex128 and est.model == "affine" and est.reason is None
+
+
+def test_torch_float32_in_torch_float32_out(traj):
+    x = torch.tensor(traj, dtype=torch.float32, requires_grad=True)
+    est = extrapolate(x, None)
+    assert isinstance(est.value, torch.Tensor)
+    assert est.value.dtype == torch.float32 and est.value.shape == (3,) and not est.value.requires_grad
+    ref = extrapolate(traj, None)
+    np.testing.assert_allclose(est.value.numpy(), ref.value, rtol=1e-4, atol=1e-5)
+
+
+def test_one_dimensional_input_is_q_1():
+    x, _, c = modal_system(2, 1, 50, constant=True)
+    est = extrapolate(x[:, 0], None)
+    assert est.value.shape == (1,)
+    np.testing.assert_allclose(est.value, c, atol=1e-8)
+
+
+def test_frozen(traj):
+    est = extrapolate(traj, 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        est.rank = 3
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_input_falls_back(traj, bad):
+    x = traj.copy()
+    x[10, 1] = bad
+    est = extrapolate(x, 3)
+    assert est.fell_back and "non-finite" in est.reason
+    np.testing.assert_array_equal(est.value, x[-1])
+
+
+def test_too_few_rows_for_delay_falls_back(traj):
+    est = extrapolate(traj[:10], 3, delay=9)
+    assert est.fell_back and "delay" in est.reason
+    np.testing.assert_array_equal(est.value, traj[9])
+
+
+def test_constant_trajectory_falls_back_to_exact_value():
+    x = np.ones((20, 4)) * 3.0
+    est = extrapolate(x, None)
+    assert est.fell_back and "rank 0" in est.reason
+    np.testing.assert_array_equal(est.value, x[-1])
+
+
+def test_white_noise_falls_back_on_holdout():
+    fell = 0
+    for seed in range(10):
+        x = np.random.default_rng(seed).normal(size=(60, 2)).cumsum(0)  # random walk: no predictable dynamics
+        est = extrapolate(x, 200)
+        fell += est.fell_back
+        if est.fell_back:
+            assert est.reason is not None and np.isfinite(est.holdout_error)
+            np.testing.assert_array_equal(est.value, x[-1])
+        assert np.isfinite(est.value).all()
+    assert fell >= 1
+
+
+def test_never_fallback_skips_holdout(traj):
+    est = extrapolate(traj, 2, fallback="never")
+    assert np.isnan(est.holdout_error) and not est.fell_back
+
+
+def test_holdout_diagnostics_reported(traj):
+    est = extrapolate(traj, 2)
+    assert est.holdout_error < est.holdout_last_value_error
+    assert est.residual < 1e-8 and est.delay == default_delay(40, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"steps": -1}, "steps"),
+        ({"steps": 1.5}, "steps"),
+        ({"steps": True}, "steps"),
+        ({"model": "linear"}, "model"),
+        ({"delay": 0}, "delay"),
+        ({"rank": 0}, "rank"),
+        ({"max_modulus": 0.0}, "max_modulus"),
+        ({"eig_tol": -1.0}, "eig_tol"),
+        ({"fallback": "always"}, "fallback"),
+        ({"holdout_fraction": 1.0}, "holdout_fraction"),
+    ],
+)
+def test_bad_arguments_raise(traj, kwargs, name):
+    kwargs = {"steps": 1, **kwargs}
+    steps = kwargs.pop("steps")
+    with pytest.raises(ValueError, match=name):
+        extrapolate(traj, steps, **kwargs)
+
+
+@pytest.mark.parametrize("x", [np.zeros((2, 3)), np.zeros((4, 3, 2)), np.zeros(()), np.zeros((5, 2), complex)])
+def test_bad_trajectory_raises(x):
+    with pytest.raises(ValueError, match="trajectory"):
+        extrapolate(x, 1)
+
+
+def test_building_blocks():
+    x = np.arange(12.0).reshape(6, 2)
+    h = hankel_matrix(x, 3)
+    assert h.shape == (4, 6)
+    np.testing.assert_array_equal(h[1], [2, 3, 4, 5, 6, 7])
+    assert default_delay(100, 1) == 25 and default_delay(100, 4096) == 1
+    assert omega(1.0) == pytest.approx(2.86, abs=0.01)
+    assert select_rank(np.array([10.0, 5.0] + [1e-12] * 6), (8, 8)) == 2
+    assert select_rank(np.array([10.0, 5.0, 1e-12, 1e-13]), (4, 4)) == 1  # median is a signal value
+    assert select_rank(np.array([10.0, 5.0, 1e-12]), (3, 3), rank=3) == 2
+    lam = clip_modulus(np.array([1.2j, 0.5]), 1.0)
+    np.testing.assert_allclose(lam, [1j, 0.5])
+    g = geometric_sum(np.array([0.5, 1.0]), np.array([0, 3]))
+    np.testing.assert_allclose(g, [[0, 0], [1.75, 3.0]])

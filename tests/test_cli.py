@@ -1,0 +1,79 @@
+"""The command line: outputs, result files, and one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from glocal.cli import main
+
+REQUIRED = {"strategy", "seed", "final_val_loss", "test_loss", "inner_steps", "wall_seconds", "hparams",
+            "skipped_updates", "fallbacks"}
+
+
+def test_tasks_lists_every_task(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    for name in ("quadratic", "logistic-digits", "mnist1d-mlp", "mnist1d-cnn", "mnist1d-mlp-adamw"):
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["run", "--task", "nope", "--strategy", "local"], "unknown task 'nope'"),
+        (["run", "--task", "quadratic", "--strategy", "magic"], "unknown strategy 'magic'"),
+        (["run", "--task", "quadratic", "--strategy", "local", "--steps", "0"], "--steps"),
+        (["run", "--task", "quadratic", "--strategy", "local", "--steps", "-5"], "--steps"),
+        (["run", "--task", "quadratic", "--strategy", "local", "--steps", "20", "--window", "50"], "--window=50"),
+        (["run", "--task", "quadratic", "--strategy", "local", "--init", "lr0.1"], "malformed --init"),
+        (["run", "--task", "quadratic", "--strategy", "local", "--init", "lr=abc"], "malformed --init"),
+        (["run", "--task", "quadratic", "--strategy", "local", "--init", "lr=-1"], "lr"),
+        (["run", "--task", "quadratic", "--strategy", "local", "--init", "gamma=0.1"], "gamma"),
+        (["compare", "--task", "quadratic", "--strategies", "fixed,bogus"], "unknown strategy 'bogus'"),
+        (["run", "--task", "quadratic"], "--strategy"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_2(argv, fragment, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and fragment in err and "Traceback" not in err
+
+
+def test_bad_arguments_through_the_installed_entry_point():
+    result = subprocess.run([sys.executable, "-m", "glocal.cli", "run", "--task", "x", "--strategy", "local"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_run_writes_results_and_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--task", "quadratic", "--strategy", "glocal", "--steps", "60", "--window", "20",
+            "--record-every", "2", "--init", "lr=0.05", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    data = json.loads((out / "results.json").read_text())
+    (record,) = data["records"]
+    assert set(record) >= REQUIRED
+    assert record["strategy"] == "glocal" and record["inner_steps"] == 60
+    assert len(record["windows"]) == 3
+    report = (out / "report.md").read_text()
+    assert "glocal" in report and "val_loss.png" in report
+    assert (out / "val_loss.png").stat().st_size > 0
+    assert (out / "hypergradients.png").exists()
+
+
+def test_compare_counts_the_cost_of_restarts(tmp_path):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--task", "quadratic", "--strategies", "fixed,local,global,grid", "--steps", "40",
+            "--window", "10", "--outer-steps", "2", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    records = {r["strategy"]: r for r in json.loads((out / "results.json").read_text())["records"]}
+    assert records["fixed"]["inner_steps"] == 40
+    assert records["local"]["inner_steps"] == 40
+    assert records["global"]["inner_steps"] == 3 * 40
+    assert records["grid"]["inner_steps"] == 40 * len(records["grid"]["grid"])
+    best = min(g["final_val_loss"] for g in records["grid"]["grid"])
+    assert records["grid"]["final_val_loss"] == pytest.approx(best)

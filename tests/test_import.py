@@ -1,4 +1,0 @@
-def test_import():
-    import glocal
-
-    assert glocal.__version__
