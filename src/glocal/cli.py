@@ -1,0 +1,225 @@
+"""The ``glocal`` command line: demo, run, compare, tasks.
+
+Bad arguments give a one-line error on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+from . import experiment, report, tasks
+from .experiment import STRATEGIES, Settings
+from .progress import ProgressBar
+
+
+class UsageError(Exception):
+    """A bad command-line argument: reported in one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _init_values(text: str) -> dict[str, float]:
+    """``lr=0.001,weight_decay=1e-4`` -> {"lr": 0.001, "weight_decay": 0.0001}."""
+    values: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not sep or not name.strip() or not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"malformed --init {text!r}: expected NAME=NUMBER[,NAME=NUMBER...]")
+        values[name.strip()] = number
+    if not values:
+        raise argparse.ArgumentTypeError(f"malformed --init {text!r}: expected NAME=NUMBER[,NAME=NUMBER...]")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _tuning_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--window", type=_positive_int, default=100, help="steps per window (default 100)")
+    parser.add_argument("--record-every", type=_positive_int, default=None,
+                        help="record h every this many steps of a window (glocal; default window/10)")
+    parser.add_argument("--hyper-lr", type=_positive_float, default=Settings.hyper_lr,
+                        help=f"learning rate of the hyper-optimizer on raw phi (default {Settings.hyper_lr})")
+    parser.add_argument("--hyper-optimizer", choices=("sgd", "adam"), default="sgd",
+                        help="optimizer of phi: sgd (magnitude-aware, default) or adam")
+    parser.add_argument("--clip", type=_positive_float, default=1.0, help="hypergradient norm clip (default 1)")
+    parser.add_argument("--outer-steps", type=_positive_int, default=4, help="global: outer steps (default 4)")
+    parser.add_argument("--steps", type=_positive_int, default=None, help="inner steps per run (default: task's)")
+    parser.add_argument("--init", type=_init_values, default={}, metavar="NAME=VALUE[,...]",
+                        help="initial hyperparameter values, e.g. lr=0.002,weight_decay=1e-4")
+    parser.add_argument("--out", type=Path, default=None, help="output folder for results.json and report.md")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="glocal", description="Online hyperparameter tuning with glocal hypergradients.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("tasks", help="list the benchmark tasks")
+
+    demo = sub.add_parser("demo", help="the main job: fixed/local/glocal/global on mnist1d-mlp from a poor lr")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    run = sub.add_parser("run", help="one strategy on one task")
+    run.add_argument("--task", required=True, help="task name (see `glocal tasks`)")
+    run.add_argument("--strategy", required=True, help=f"one of {', '.join(STRATEGIES)}")
+    run.add_argument("--seed", type=int, default=0)
+    _tuning_options(run)
+
+    compare = sub.add_parser("compare", help="several strategies and seeds on one task")
+    compare.add_argument("--task", required=True, help="task name (see `glocal tasks`)")
+    compare.add_argument("--strategies", default="fixed,local,glocal,global,grid",
+                         help="comma-separated, from " + ",".join(STRATEGIES))
+    compare.add_argument("--seeds", type=_positive_int, default=1, help="number of seeds (0..N-1)")
+    compare.add_argument("--quick", action="store_true", help="reduced budget: about a minute per task")
+    _tuning_options(compare)
+    return parser
+
+
+def _check_task(name: str) -> None:
+    if name not in tasks.names():
+        raise UsageError(f"glocal: unknown task {name!r}; known tasks: {', '.join(tasks.names())}")
+
+
+def _check_strategies(names: Sequence[str]) -> None:
+    for name in names:
+        if name not in STRATEGIES:
+            raise UsageError(f"glocal: unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(window=args.window, record_every=args.record_every, hyper_lr=args.hyper_lr,
+                    hyper_optimizer=args.hyper_optimizer, clip_norm=args.clip, steps=args.steps,
+                    outer_steps=args.outer_steps, init=dict(args.init))
+
+
+def _preflight(task: str, settings: Settings) -> None:
+    """Argument errors that need the task (window vs steps, unknown --init names) before any work."""
+    try:
+        built = experiment.build_task(task, 0, settings)
+        settings.validate(built.total_steps)
+        if settings.record_every is not None:
+            from .strategies import Glocal
+
+            Glocal(window=settings.window, total_steps=built.total_steps, record_every=settings.record_every)
+    except ValueError as error:
+        raise UsageError(f"glocal: {error}") from None
+
+
+def _execute(task: str, strategies: Sequence[str], seeds: Sequence[int], settings: Settings, quiet: bool
+             ) -> list[dict[str, Any]]:
+    records = []
+    for seed in seeds:
+        for strategy in strategies:
+            total = experiment.planned_steps(task, strategy, settings, seed)
+            bar = ProgressBar(total, f"{strategy} seed {seed}", enabled=not quiet)
+            records.append(experiment.run(task, strategy, seed, settings, progress=bar))
+            bar.close()
+    return records
+
+
+def _finish(records: list[dict[str, Any]], out: Path | None, title: str, argv: Sequence[str]) -> None:
+    rows = report.summary_rows(records)
+    print(report.markdown_table(rows))
+    if out is not None:
+        command = "glocal " + " ".join(shlex.quote(a) for a in argv)
+        report.write_results(out, records, {"command": command, "torch": torch.__version__,
+                                            "threads": torch.get_num_threads()})
+        path = report.write_report(out, records, title, command)
+        print(f"wrote {out / 'results.json'} and {path}")
+
+
+DEMO_TASK = "mnist1d-mlp"
+#: the demo starts from a learning rate 30x smaller than the task's default
+DEMO_LR_FACTOR = 30.0
+
+
+def demo_settings() -> Settings:
+    default_lr = tasks.make(DEMO_TASK, seed=0).space.to_dict()["lr"]
+    assert isinstance(default_lr, float)
+    return Settings(init={"lr": default_lr / DEMO_LR_FACTOR}, outer_steps=3)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+        if args.command == "tasks":
+            for name, text in tasks.describe().items():
+                print(f"{name:<24} {text}")
+            return 0
+        if args.command == "demo":
+            settings = demo_settings()
+            print(f"glocal demo: {DEMO_TASK}, initial lr {settings.init['lr']:.3g} "
+                  f"({DEMO_LR_FACTOR:g}x below the task default), strategies fixed, local, glocal, global")
+            records = _execute(DEMO_TASK, ("fixed", "local", "glocal", "global"), [args.seed], settings, args.quiet)
+            _finish(records, args.out, f"glocal demo on {DEMO_TASK}", argv)
+            return 0
+        _check_task(args.task)
+        settings = _settings(args)
+        if args.command == "run":
+            _check_strategies([args.strategy])
+            _preflight(args.task, settings)
+            records = _execute(args.task, [args.strategy], [args.seed], settings, args.quiet)
+            _finish(records, args.out, f"{args.strategy} on {args.task}", argv)
+            return 0
+        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+        _check_strategies(strategies)
+        if args.quick:
+            settings = quick_settings(args.task, settings)
+        _preflight(args.task, settings)
+        records = _execute(args.task, strategies, list(range(args.seeds)), settings, args.quiet)
+        _finish(records, args.out, f"compare on {args.task}", argv)
+        return 0
+    except UsageError as error:
+        print(str(error), file=sys.stderr)
+        return 2
+
+
+def quick_settings(task: str, settings: Settings) -> Settings:
+    """A reduced budget (a quarter of the task's steps, 2 outer steps for global)."""
+    total = tasks.make(task, seed=0).total_steps
+    steps = settings.steps or max(4 * settings.window, total // 4)
+    window = min(settings.window, max(1, steps // 4))
+    return Settings(**{**settings.__dict__, "steps": steps, "window": window, "outer_steps": 2})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

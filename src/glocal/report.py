@@ -1,0 +1,146 @@
+"""Result files and plots: ``results.json`` (one record per strategy and seed) and ``report.md``."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SUMMARY_KEYS = ("final_val_loss", "test_loss", "test_accuracy", "inner_steps", "wall_seconds")
+
+
+def _clean(value: Any) -> Any:
+    """JSON cannot hold NaN/inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_results(out: Path, records: Sequence[dict[str, Any]], meta: dict[str, Any] | None = None) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(_clean({"meta": meta or {}, "records": list(records)}), indent=1))
+    return path
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+def summary_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (task, strategy): means and spreads over seeds."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(r["task"], r["strategy"])].append(r)
+    rows = []
+    for (task, strategy), group in groups.items():
+        row: dict[str, Any] = {"task": task, "strategy": strategy, "seeds": len(group)}
+        for key in SUMMARY_KEYS:
+            row[key] = _mean_std([g[key] for g in group if key in g])
+        row["skipped_updates"] = sum(g.get("skipped_updates", 0) for g in group)
+        row["fallbacks"] = sum(g.get("fallbacks", 0) for g in group)
+        last = group[-1]["hparams"]
+        row["final hparams (last seed)"] = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}=[{len(v)}]" for k, v in last.items())
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no results)\n"
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(out: Path, records: Sequence[dict[str, Any]]) -> list[str]:
+    """PNG plots (needs matplotlib; returns the file names written)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in records:
+        if r.get("curve"):
+            xs, ys = zip(*r["curve"], strict=True)
+            ax.plot(xs, ys, label=f"{r['strategy']} (seed {r['seed']})")
+    ax.set_xlabel("inner training steps executed (restarts included)")
+    ax.set_ylabel("validation loss")
+    ax.set_xscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "val_loss.png", dpi=110)
+    plt.close(fig)
+    written.append("val_loss.png")
+
+    names = sorted({k for r in records for t in r.get("hparam_trajectory", []) for k in t if k != "step"
+                    and isinstance(t[k], float)})
+    if names:
+        fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
+        for ax, name in zip(axes[0], names, strict=True):
+            for r in records:
+                traj = [(t["step"], t[name]) for t in r.get("hparam_trajectory", []) if name in t]
+                if len(traj) > 1:
+                    xs, ys = zip(*traj, strict=True)
+                    ax.step(xs, ys, where="post", label=f"{r['strategy']} (seed {r['seed']})")
+            ax.set_yscale("log")
+            ax.set_title(name)
+            ax.set_xlabel("inner steps executed")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "hparams.png", dpi=110)
+        plt.close(fig)
+        written.append("hparams.png")
+
+    glocal_runs = [r for r in records if r["strategy"] == "glocal" and r.get("windows")]
+    if glocal_runs:
+        r = glocal_runs[0]
+        q = len(r["windows"][0]["local"])
+        fig, axes = plt.subplots(1, q, figsize=(4 * q, 3.5), squeeze=False)
+        labels = list(r["hparams"])
+        for i, ax in enumerate(axes[0]):
+            ends = [w["end"] for w in r["windows"]]
+            ax.plot(ends, [w["local"][i] for w in r["windows"]], "o-", ms=3, label="local h_tau")
+            ax.plot(ends, [w["estimate"][i] for w in r["windows"]], "s-", ms=3, label="glocal estimate")
+            ax.set_title(f"d L_val / d raw {labels[i] if i < len(labels) else i}")
+            ax.set_xlabel("window end (step)")
+            ax.set_yscale("symlog", linthresh=1e-4)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "hypergradients.png", dpi=110)
+        plt.close(fig)
+        written.append("hypergradients.png")
+    return written
+
+
+def write_report(out: Path, records: Sequence[dict[str, Any]], title: str, command: str = "") -> Path:
+    """``report.md``: the summary table, the command that produced it, and the plots."""
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _plots(out, records)
+    text = [f"# {title}", ""]
+    if command:
+        text += [f"Command: `{command}`", ""]
+    text += [markdown_table(summary_rows(records)), ""]
+    text += [f"![{p}]({p})" for p in plots]
+    path = out / "report.md"
+    path.write_text("\n".join(text) + "\n")
+    return path
