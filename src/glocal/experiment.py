@@ -91,10 +91,10 @@ def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progr
     if strategy_name == "fixed":
         strategy: Any = Fixed()
     elif strategy_name == "local":
-        strategy = Local(window=settings.window)
+        strategy = Local(window=settings.window, mode=task.mode)
     else:
         strategy = Glocal(window=settings.window, total_steps=total, record_every=settings.record_every,
-                          koopman=dict(settings.koopman))
+                          mode=task.mode, koopman=dict(settings.koopman))
     hyper = None if strategy_name == "fixed" else _hyper_optimizer(task, settings)
     tuner = Tuner(task.model, task.optimizer, task.space, task.train_loss, task.val_loss, strategy, hyper,
                   val=task.val, clip_norm=settings.clip_norm)
@@ -136,7 +136,7 @@ def _global(task: Task, settings: Settings, seed: int, progress: Progress | None
             progress(1)
 
     start = time.perf_counter()
-    result = Global(outer_steps=settings.outer_steps).run(
+    result = Global(outer_steps=settings.outer_steps, mode=task.mode).run(
         task.model, task.optimizer, task.space, task.train_loss, task.val_loss, lambda: task.batches(seed), total,
         task.val, _hyper_optimizer(task, settings), settings.clip_norm, on_step,
     )

@@ -37,10 +37,13 @@ class GlobalResult:
 @dataclass
 class Global:
     outer_steps: int = 5
+    mode: str = "forward"
     name: str = "global"
 
     def __post_init__(self) -> None:
         check_positive_int("outer_steps", self.outer_steps)
+        if self.mode not in ("forward", "reverse"):
+            raise ValueError(f"mode={self.mode!r}: expected 'forward' or 'reverse'")
 
     def run(
         self,
@@ -71,7 +74,7 @@ class Global:
             final_run = outer == self.outer_steps
             model.load_state_dict(initial)
             torch.set_rng_state(rng)
-            strategy = Fixed() if final_run else Local(window=total_steps)
+            strategy = Fixed() if final_run else Local(window=total_steps, mode=self.mode)
             tuner = Tuner(model, optimizer, space, train_loss, val_loss, strategy,
                           None if final_run else hyper_optimizer, val=val, clip_norm=clip_norm)
             before = space.to_dict()

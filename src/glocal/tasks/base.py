@@ -104,6 +104,8 @@ class Task:
     seed: int = 0
     description: str = ""
     grid: dict[str, list[float]] = field(default_factory=dict)
+    #: hypergradient engine the online strategies use: "forward" (small q) or "reverse" (large q)
+    mode: str = "forward"
 
     # -- data --------------------------------------------------------------------------------
     @property
