@@ -6,6 +6,7 @@ Bad arguments give a one-line error on stderr and exit code 2, never a traceback
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shlex
 import sys
@@ -15,7 +16,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from . import experiment, report, tasks
+from . import estimator_bench, experiment, report, tasks
 from .experiment import STRATEGIES, Settings
 from .progress import ProgressBar
 
@@ -108,7 +109,73 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=_positive_int, default=1, help="number of seeds (0..N-1)")
     compare.add_argument("--quick", action="store_true", help="reduced budget: about a minute per task")
     _tuning_options(compare)
+    bench = sub.add_parser("bench", help="benchmarks: `glocal bench estimator` (estimators vs the true global "
+                           "hypergradient)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    estimator = bench_sub.add_parser("estimator", help="how well each estimator predicts the global hypergradient")
+    estimator.add_argument("--task", default=",".join(estimator_bench.REGIMES),
+                           help="comma-separated tasks (default: the four regimes); any task name works")
+    estimator.add_argument("--variants", default=None, help="comma-separated estimator variants (default: all)")
+    estimator.add_argument("--windows", default=None, help="comma-separated window lengths (default: per regime)")
+    estimator.add_argument("--record-every", type=_positive_int, default=None, help="default: per regime")
+    estimator.add_argument("--starts", type=_positive_int, default=8, help="window starts, at i/N of the run")
+    estimator.add_argument("--seeds", type=_positive_int, default=1)
+    estimator.add_argument("--lr-factor", type=_positive_float, default=None,
+                           help="initial lr as a fraction of the task default (default: per regime)")
+    estimator.add_argument("--steps", type=_positive_int, default=None, help="total steps (default: task's)")
+    estimator.add_argument("--quick", action="store_true", help="4 starts, one window, half the steps (< 5 min)")
+    estimator.add_argument("--json", type=Path, default=None, help="write the per-window records here")
+    estimator.add_argument("--quiet", action="store_true")
     return parser
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"glocal: {flag}={text!r}: expected comma-separated positive integers") from None
+    if not values or min(values) < 1:
+        raise UsageError(f"glocal: {flag}={text!r}: expected comma-separated positive integers")
+    return values
+
+
+def _bench_estimator(args: argparse.Namespace) -> int:
+    names = [t.strip() for t in args.task.split(",") if t.strip()]
+    for name in names:
+        _check_task(name)
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    for variant in variants or ():
+        if variant not in estimator_bench.VARIANTS:
+            raise UsageError(f"glocal: unknown variant {variant!r}; known: {', '.join(estimator_bench.VARIANTS)}")
+    records = []
+    for name in names:
+        regime = estimator_bench.regime_of(name)
+        windows = _int_list(args.windows, "--windows") if args.windows else regime.windows
+        record_every = args.record_every or regime.record_every
+        steps = args.steps or regime.steps
+        starts = 4 if args.quick else args.starts
+        if args.quick:
+            windows = windows[:1]
+            steps = steps or tasks.make(name, seed=0).total_steps // 2
+        for window in windows:
+            if window % record_every or window // record_every < 2:
+                raise UsageError(f"glocal: --windows {window}: expected a multiple of --record-every={record_every} "
+                                 "with at least 3 recorded points")
+        for seed in range(args.seeds):
+            default_lr = tasks.make(name, seed=seed).space.to_dict()["lr"]
+            assert isinstance(default_lr, float)
+            config = estimator_bench.BenchConfig(
+                starts=[i / starts for i in range(starts)], windows=windows, record_every=record_every, steps=steps,
+                seed=seed, init={"lr": default_lr * (args.lr_factor or regime.lr_factor)})
+            records += estimator_bench.measure(name, config, variants,
+                                               progress=None if args.quiet else lambda m: print(m, file=sys.stderr))
+    print(estimator_bench.markdown(estimator_bench.summarize(records)))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"command": "glocal " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                                         "records": records}, indent=1))
+        print(f"wrote {args.json}")
+    return 0
 
 
 def _check_task(name: str) -> None:
@@ -185,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, text in tasks.describe().items():
                 print(f"{name:<24} {text}")
             return 0
+        if args.command == "bench":
+            return _bench_estimator(args)
         if args.command == "demo":
             settings = demo_settings()
             print(f"glocal demo: {DEMO_TASK}, initial lr {settings.init['lr']:.3g} "
