@@ -182,7 +182,7 @@ def measure(task_name: str, config: BenchConfig, variants: Sequence[str] | None 
                 value, fell_back = VARIANTS[name](window, rows_ahead, k, tau)
                 value = torch.as_tensor(value, dtype=torch.float64)
                 records.append({
-                    "task": task_name, "start": start, "window": tau, "variant": name, "fell_back": bool(fell_back),
+                    "task": task_name, "seed": config.seed, "start": start, "window": tau, "variant": name, "fell_back": bool(fell_back),
                     "cosine": _cosine(value, truth), "relative_error": _relative_error(value, truth),
                     "cosine_avg": _cosine(value, truth_avg), "relative_error_avg": _relative_error(value, truth_avg),
                     "local_truth_gap": _relative_error(window[-1], truth),
@@ -201,10 +201,14 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
+def _window_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    return record["task"], record.get("seed", 0), record["start"], record["window"]
+
+
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (task, variant): quartiles of cosine and relative error, and the fraction of windows in
     which the variant's relative error is below the local value's (both targets)."""
-    local = {(r["task"], r["start"], r["window"]): r for r in records if r["variant"] == "local"}
+    local = {_window_key(r): r for r in records if r["variant"] == "local"}
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["task"], r["variant"]), []).append(r)
@@ -213,9 +217,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"task": task, "variant": variant, "windows": len(group)}
         for key in ("cosine", "relative_error", "cosine_avg", "relative_error_avg"):
             row[key] = _quartiles([g[key] for g in group])
-        beats = [g["relative_error"] < local[(task, g["start"], g["window"])]["relative_error"] for g in group]
-        beats_avg = [g["relative_error_avg"] < local[(task, g["start"], g["window"])]["relative_error_avg"]
-                     for g in group]
+        beats = [g["relative_error"] < local[_window_key(g)]["relative_error"] for g in group]
+        beats_avg = [g["relative_error_avg"] < local[_window_key(g)]["relative_error_avg"] for g in group]
         row["beats_local"] = sum(beats) / len(beats)
         row["beats_local_avg"] = sum(beats_avg) / len(beats_avg)
         row["fallbacks"] = sum(g["fell_back"] for g in group) / len(group)
