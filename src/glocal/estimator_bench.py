@@ -47,17 +47,6 @@ def _capped(steps_scale: Callable[[int, int], float], **options: Any) -> Variant
     return estimate
 
 
-def _shrunk(window: Tensor, rows_ahead: int, record_every: int, tau: int) -> tuple[Tensor, bool]:
-    """Affine estimate shrunk toward h_tau by how much better than the last value it predicted
-    the held-out end of its window: weight max(0, 1 - e_model / e_last)."""
-    result = extrapolate(window, rows_ahead, fallback="never")
-    e_model, e_last = result.holdout_error, result.holdout_last_value_error
-    if not (math.isfinite(e_model) and math.isfinite(e_last)) or e_last <= 0:
-        return window[-1], True
-    weight = max(0.0, 1.0 - e_model / e_last)
-    return window[-1] + weight * (result.value - window[-1]), weight == 0.0
-
-
 def _local(window: Tensor, rows_ahead: int, record_every: int, tau: int) -> tuple[Tensor, bool]:
     return window[-1], False
 
@@ -69,11 +58,13 @@ VARIANTS: dict[str, Variant] = {
     "paper+holdout": _koopman(model="plain"),
     "affine": _koopman(model="affine", fallback="never"),
     "affine+holdout": _koopman(model="affine"),
+    "affine+weighted": _koopman(model="affine", fallback="weighted"),
     "affine-cap100": _capped(lambda k, tau: 100.0, fallback="never"),
-    "affine-cap100+holdout": _capped(lambda k, tau: 100.0),
-    "affine-captau": _capped(lambda k, tau: float(tau), fallback="never"),
-    "affine-shrink": _shrunk,
+    "affine-cap100+weighted": _capped(lambda k, tau: 100.0, fallback="weighted"),
 }
+
+#: the variant the Glocal strategy uses by default (chosen from these measurements, docs/benchmarks.md)
+DEFAULT_VARIANT = "affine+weighted"
 
 @dataclass(frozen=True)
 class Regime:
@@ -182,7 +173,8 @@ def measure(task_name: str, config: BenchConfig, variants: Sequence[str] | None 
                 value, fell_back = VARIANTS[name](window, rows_ahead, k, tau)
                 value = torch.as_tensor(value, dtype=torch.float64)
                 records.append({
-                    "task": task_name, "seed": config.seed, "start": start, "window": tau, "variant": name, "fell_back": bool(fell_back),
+                    "task": task_name, "seed": config.seed, "start": start, "window": tau, "variant": name,
+                    "fell_back": bool(fell_back),
                     "cosine": _cosine(value, truth), "relative_error": _relative_error(value, truth),
                     "cosine_avg": _cosine(value, truth_avg), "relative_error_avg": _relative_error(value, truth_avg),
                     "local_truth_gap": _relative_error(window[-1], truth),

@@ -137,3 +137,23 @@ def test_building_blocks():
     np.testing.assert_allclose(lam, [1j, 0.5])
     g = geometric_sum(np.array([0.5, 1.0]), np.array([0, 3]))
     np.testing.assert_allclose(g, [[0, 0], [1.75, 3.0]])
+
+
+def test_weighted_fallback_blends_by_held_out_errors():
+    """fallback="weighted": weight ~1 on an exactly modelled trajectory, value between last and model."""
+    import numpy as np
+
+    from glocal.koopman import extrapolate as extrapolate_
+
+    t = np.arange(40.0)
+    clean = np.stack([1.0 - 0.9**t, 0.5 * 0.8**t], axis=1)
+    exact = extrapolate_(clean, 30, fallback="weighted")
+    assert exact.weight > 0.999 and not exact.fell_back
+    np.testing.assert_allclose(exact.value, [1.0 - 0.9**69, 0.5 * 0.8**69], rtol=1e-6)
+
+    rng = np.random.default_rng(0)
+    noisy = np.cumsum(rng.normal(size=(40, 3)), axis=0)  # a random walk: no dynamics to find
+    model = extrapolate_(noisy, 30, fallback="never").value
+    weighted = extrapolate_(noisy, 30, fallback="weighted")
+    assert 0.0 <= weighted.weight < 1.0
+    np.testing.assert_allclose(weighted.value, noisy[-1] + weighted.weight * (model - noisy[-1]), rtol=1e-9)

@@ -31,6 +31,8 @@ class Estimate:
         model: "affine" or "plain".
         delay: the Hankel delay used (0 when no fit was made).
         steps: the horizon asked for (None = the limit).
+        weight: with ``fallback="weighted"``, the weight w of the model's prediction in
+            last + w (prediction - last); 1.0 otherwise, 0.0 when it fell back.
     """
 
     value: Any
@@ -44,3 +46,4 @@ class Estimate:
     model: str
     delay: int
     steps: int | None
+    weight: float = 1.0

@@ -37,7 +37,7 @@ def _one_blas_thread() -> Any:
     return ctl.limit(limits=1, user_api="blas") if ctl is not None else contextlib.nullcontext()
 
 
-FALLBACKS = ("holdout", "never")
+FALLBACKS = ("holdout", "weighted", "never")
 
 
 class _Data:
@@ -138,6 +138,12 @@ def _row_coefficients(snap_coef: np.ndarray, delay: int, n: int) -> np.ndarray:
     return out
 
 
+def _last_row_coefficients(n: int) -> np.ndarray:
+    coef = np.zeros(n)
+    coef[-1] = 1.0
+    return coef
+
+
 def extrapolate(
     trajectory: Any,
     steps: int | None,
@@ -166,7 +172,11 @@ def extrapolate(
             growing modes from exploding; 0.99 bounds every mode's extrapolation to ~100 steps).
         eig_tol: plain model only: eigenvalues within this distance of 1 make up the limit.
         fallback: "holdout" (fit on the window without its last ``holdout_fraction`` of rows, predict
-            them, and return the last row if the model does worse than the last value) or "never".
+            them, and return the last row if the model does worse than the last value), "weighted"
+            (the same check, but instead of an all-or-nothing choice return
+            last + w (prediction - last) with w = e_last^2 / (e_model^2 + e_last^2): the two
+            predictors weighted by the inverse of their held-out squared errors; ``weight`` reports w),
+            or "never".
         holdout_fraction: fraction of rows held out, in (0, 1).
 
     Returns:
@@ -237,6 +247,7 @@ def _extrapolate(
             holdout_error=h_err,
             holdout_last_value_error=h_last,
             fell_back=True,
+            weight=0.0,
             reason=reason,
             model=model,
             delay=d,
@@ -270,7 +281,8 @@ def _extrapolate(
         return fall_back("non-finite prediction", fit, lam, d)
 
     h_err = h_last = nan
-    if fallback == "holdout":
+    weight = 1.0
+    if fallback in ("holdout", "weighted"):
         n_h = max(1, round(holdout_fraction * n))
         n_fit = n - n_h
         d_h = (default_delay(n_fit, q) if delay is None else min(delay, n_fit - 2)) if n_fit >= 3 else 0
@@ -291,7 +303,9 @@ def _extrapolate(
                 return fall_back("hold-out prediction is not finite", fit, lam, d)
             if norm > 0:
                 h_err, h_last = e_model / norm, e_last / norm
-            if e_model > e_last:
+            if fallback == "weighted":
+                weight = e_last**2 / (e_model**2 + e_last**2) if e_model + e_last > 0 else 1.0
+            elif e_model > e_last:
                 return fall_back(
                     f"held-out rows predicted worse than by the last value ({h_err:.3g} > {h_last:.3g})",
                     fit,
@@ -302,6 +316,8 @@ def _extrapolate(
                 )
 
     value = data.combine(coef)
+    if weight < 1.0:
+        value = weight * value + (1.0 - weight) * data.combine(_last_row_coefficients(n))
     ok = bool(torch.isfinite(value).all())
     if not ok:
         return fall_back("non-finite prediction", fit, lam, d, h_err, h_last)
@@ -317,4 +333,5 @@ def _extrapolate(
         model=model,
         delay=d,
         steps=steps,
+        weight=weight,
     )
