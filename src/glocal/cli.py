@@ -109,6 +109,36 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=_positive_int, default=1, help="number of seeds (0..N-1)")
     compare.add_argument("--quick", action="store_true", help="reduced budget: about a minute per task")
     _tuning_options(compare)
+    search = sub.add_parser(
+        "search", help="Optuna TPE over initial hyperparameters, each trial an online-tuned run (persistent study)",
+        description="Outer Optuna search (seeded TPE, pruning) over the task's initial hyperparameters; every trial "
+        "is one training run tuned online by --inner. The study persists in --storage and resumes when the same "
+        "command runs again; several workers (processes or machines) may share one study.")
+    search.add_argument("--task", required=True, help="task name (see `glocal tasks`)")
+    search.add_argument("--inner", default="glocal",
+                        help="comma-separated, from fixed,local,glocal (fixed: plain Optuna TPE); default glocal")
+    search.add_argument("--budget-runs", type=_positive_float, default=8.0,
+                        help="total work per study in plain training runs (inner steps / T); default 8")
+    search.add_argument("--seed", type=int, default=0, help="study seed: sampler and training (default 0)")
+    search.add_argument("--seeds", type=_positive_int, default=1, help="number of studies, seeds SEED..SEED+N-1")
+    search.add_argument("--storage", default=None, metavar="URL",
+                        help="Optuna storage URL; default sqlite:///OUT/study.db (an embedded SQLite file); "
+                        "an RDB URL such as postgresql://user@host/db lets several machines share one study")
+    search.add_argument("--study-name", default=None,
+                        help="study name (default TASK-INNER-seedS; with several inners or seeds, a prefix)")
+    search.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
+                        help="stop hopeless trials early: median, halving (successive halving) or none")
+    search.add_argument("--spread", type=_positive_float, default=30.0,
+                        help="search a factor this each way around the initial values (default 30)")
+    search.add_argument("--tune-hyper-lr", action="store_true", help="also search the tuner's --hyper-lr")
+    search.add_argument("--startup-trials", type=_positive_int, default=4,
+                        help="random trials before TPE models the results (default 4)")
+    search.add_argument("--heartbeat", type=_positive_int, default=30,
+                        help="seconds between heartbeats of a running trial; a killed worker's trial is "
+                        "re-queued after twice this (default 30)")
+    search.add_argument("--baselines", action="store_true",
+                        help="also run the grid oracle and single local and glocal runs into the report")
+    _tuning_options(search)
     bench = sub.add_parser("bench", help="benchmarks: `glocal bench estimator` (estimators vs the true global "
                            "hypergradient)")
     bench_sub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
@@ -263,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         _check_task(args.task)
         settings = _settings(args)
+        if args.command == "search":
+            return _search(args, settings, argv)
         if args.command == "run":
             _check_strategies([args.strategy])
             _preflight(args.task, settings)
@@ -280,6 +312,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(str(error), file=sys.stderr)
         return 2
+
+
+def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -> int:
+    """``glocal search``: one study per inner strategy and seed, optional baselines, frontier report."""
+    from . import search
+
+    inners = [s.strip() for s in args.inner.split(",") if s.strip()]
+    for inner in inners:
+        if inner not in search.INNER:
+            raise UsageError(f"glocal: unknown --inner {inner!r}; expected one of {', '.join(search.INNER)}")
+    _preflight(args.task, settings)
+    out = args.out or Path("runs/search")
+    storage = args.storage or f"sqlite:///{out / 'study.db'}"
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    records = []
+    try:
+        for seed in seeds:
+            for inner in inners:
+                name = args.study_name
+                if name is not None and (len(inners) > 1 or len(seeds) > 1):
+                    name = f"{name}-{inner}-seed{seed}"
+                label = f"search-{inner} seed {seed}"
+
+                def show(t: dict[str, Any], label: str = label) -> None:
+                    if not args.quiet:
+                        value = "" if t["value"] is None else f" val {t['value']:.4g}"
+                        print(f"{label}: trial {t['number']} {t['state'].lower()} {t['units']:.2f} runs{value}",
+                              file=sys.stderr)
+
+                result = search.run_search(
+                    args.task, inner, args.budget_runs, seed, storage, name, args.pruner, settings, args.spread,
+                    args.tune_hyper_lr, args.startup_trials, args.heartbeat, on_trial=show)
+                records.append(result.record())
+    except search.SearchError as error:
+        raise UsageError(f"glocal: {error}") from None
+    if args.baselines:
+        records += _execute(args.task, ("grid", "local", "glocal"), seeds, settings, args.quiet)
+    _finish(records, out, f"search on {args.task}", argv)
+    search.append_frontier_report(out, records, args.budget_runs)
+    return 0
 
 
 def quick_settings(task: str, settings: Settings) -> Settings:

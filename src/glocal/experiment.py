@@ -24,6 +24,8 @@ from .tuner import Tuner
 STRATEGIES = ("fixed", "local", "glocal", "global", "grid")
 
 Progress = Callable[[int], None]
+#: called with (inner step, validation loss) at every curve point of an online run; may raise to stop
+CurveHook = Callable[[int, float], None]
 
 
 @dataclass
@@ -32,7 +34,7 @@ class Settings:
 
     window: int = 100
     record_every: int | None = None
-    hyper_lr: float = 0.1
+    hyper_lr: float = 1.0
     hyper_optimizer: str = "sgd"
     clip_norm: float | None = 1.0
     steps: int | None = None
@@ -81,12 +83,40 @@ def validation_loss(task: Task) -> float:
         model.train(was)
 
 
+#: per-step and per-window records keep vectors up to this length; longer ones (per-sample weights,
+#: thousands of entries) are summarised so that result files stay small
+VECTOR_LIMIT = 64
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return {"mean": float(t.mean()), "min": float(t.min()), "max": float(t.max()), "norm": float(t.norm())}
+
+
+def _compact_hparams(values: dict[str, Any]) -> dict[str, Any]:
+    """``space.to_dict()`` with vectors longer than ``VECTOR_LIMIT`` replaced by their summary."""
+    return {k: _summary(v) if isinstance(v, list) and len(v) > VECTOR_LIMIT else v for k, v in values.items()}
+
+
+def _compact_window(window: dict[str, Any]) -> dict[str, Any]:
+    """A window record whose local/estimate vectors longer than ``VECTOR_LIMIT`` become norms and a cosine."""
+    local, estimate = window.get("local"), window.get("estimate")
+    if not (isinstance(local, list) and len(local) > VECTOR_LIMIT):
+        return window
+    a = torch.tensor(local, dtype=torch.float64)
+    b = torch.tensor(estimate, dtype=torch.float64) if isinstance(estimate, list) else a
+    cosine = float(torch.nn.functional.cosine_similarity(a, b, dim=0)) if a.norm() > 0 and b.norm() > 0 else None
+    out = {k: v for k, v in window.items() if k not in ("local", "estimate")}
+    out.update(local_norm=float(a.norm()), estimate_norm=float(b.norm()), estimate_local_cosine=cosine)
+    return out
+
+
 def _curve_every(total: int, settings: Settings) -> int:
     return max(1, total // max(1, settings.curve_points))
 
 
-def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progress: Progress | None
-            ) -> dict[str, Any]:
+def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progress: Progress | None,
+            on_curve: CurveHook | None = None) -> dict[str, Any]:
     total = task.total_steps
     if strategy_name == "fixed":
         strategy: Any = Fixed()
@@ -101,20 +131,22 @@ def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progr
     batches = task.batches(seed)
     every = _curve_every(total, settings)
     curve: list[list[float]] = []
-    trajectory: list[dict[str, Any]] = [{"step": 0, **task.space.to_dict()}]
+    trajectory: list[dict[str, Any]] = [{"step": 0, **_compact_hparams(task.space.to_dict())}]
     compute = 0.0
     for step in range(1, total + 1):
         start = time.perf_counter()
         record = tuner.step(next(batches))
         compute += time.perf_counter() - start
         if record["updated"]:
-            trajectory.append({"step": step, **task.space.to_dict()})
+            trajectory.append({"step": step, **_compact_hparams(task.space.to_dict())})
         if step % every == 0 or step == total:
             curve.append([step, validation_loss(task)])
+            if on_curve is not None:
+                on_curve(step, curve[-1][1])
         if progress is not None:
             progress(1)
-    windows = [{k: w.get(k) for k in ("start", "end", "local", "estimate", "fell_back", "reason", "skipped")}
-               for w in tuner.history.windows]
+    windows = [_compact_window({k: w.get(k) for k in ("start", "end", "local", "estimate", "fell_back", "reason",
+                                                      "skipped")}) for w in tuner.history.windows]
     return {"inner_steps": total, "compute_seconds": compute, "curve": curve, "hparam_trajectory": trajectory,
             "skipped_updates": tuner.skipped_updates, "fallbacks": tuner.fallbacks, "windows": windows}
 
@@ -123,7 +155,7 @@ def _global(task: Task, settings: Settings, seed: int, progress: Progress | None
     total = task.total_steps
     every = _curve_every(total, settings)
     curve: list[list[float]] = []
-    trajectory: list[dict[str, Any]] = [{"step": 0, **task.space.to_dict()}]
+    trajectory: list[dict[str, Any]] = [{"step": 0, **_compact_hparams(task.space.to_dict())}]
     counter = {"steps": 0}
 
     def on_step(outer: int, record: dict[str, Any]) -> None:
@@ -131,7 +163,7 @@ def _global(task: Task, settings: Settings, seed: int, progress: Progress | None
         if record["step"] % every == 0 or record["step"] == total:
             curve.append([counter["steps"], validation_loss(task)])
         if record["updated"]:
-            trajectory.append({"step": counter["steps"], **task.space.to_dict()})
+            trajectory.append({"step": counter["steps"], **_compact_hparams(task.space.to_dict())})
         if progress is not None:
             progress(1)
 
@@ -168,8 +200,12 @@ def _grid(name: str, seed: int, settings: Settings, progress: Progress | None) -
 
 
 def run(name: str, strategy: str, seed: int = 0, settings: Settings | None = None,
-        progress: Progress | None = None) -> dict[str, Any]:
-    """Run ``strategy`` on task ``name`` and return its result record (see module docstring)."""
+        progress: Progress | None = None, on_curve: CurveHook | None = None) -> dict[str, Any]:
+    """Run ``strategy`` on task ``name`` and return its result record (see module docstring).
+
+    ``on_curve(step, val_loss)`` (fixed/local/glocal only) is called at every curve point; an
+    exception it raises stops the run and propagates (used by ``glocal.search`` to prune).
+    """
     settings = settings or Settings()
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
@@ -180,7 +216,7 @@ def run(name: str, strategy: str, seed: int = 0, settings: Settings | None = Non
         task = build_task(name, seed, settings)
         settings.validate(task.total_steps)
         part = _global(task, settings, seed, progress) if strategy == "global" else _online(
-            task, strategy, settings, seed, progress)
+            task, strategy, settings, seed, progress, on_curve)
     metrics = task.evaluate()
     record: dict[str, Any] = {
         "task": name,
@@ -195,6 +231,7 @@ def run(name: str, strategy: str, seed: int = 0, settings: Settings | None = Non
     for key in ("test_accuracy", "balanced_test_accuracy", "val_accuracy"):
         if key in metrics:
             record[key] = metrics[key]
+    record.update(task.extra_metrics())  # task-specific metrics (e.g. weights of corrupted samples)
     record.update(part)
     record["settings"] = {k: v for k, v in asdict(settings).items() if k != "curve_points"}
     return record

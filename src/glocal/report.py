@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 SUMMARY_KEYS = ("final_val_loss", "test_loss", "test_accuracy", "inner_steps", "wall_seconds")
+#: the hypergradient plot shows at most this many components (vector hyperparameters can have thousands)
+MAX_PLOTTED_HYPERGRADIENTS = 6
 
 
 def _clean(value: Any) -> Any:
@@ -68,6 +70,11 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
 def _plots(out: Path, records: Sequence[dict[str, Any]]) -> list[str]:
     """PNG plots (needs matplotlib; returns the file names written)."""
     try:
@@ -86,7 +93,7 @@ def _plots(out: Path, records: Sequence[dict[str, Any]]) -> list[str]:
     ax.set_xlabel("inner training steps executed (restarts included)")
     ax.set_ylabel("validation loss")
     ax.set_xscale("log")
-    ax.legend(fontsize=7)
+    _legend(ax)
     fig.tight_layout()
     fig.savefig(out / "val_loss.png", dpi=110)
     plt.close(fig)
@@ -105,16 +112,17 @@ def _plots(out: Path, records: Sequence[dict[str, Any]]) -> list[str]:
             ax.set_yscale("log")
             ax.set_title(name)
             ax.set_xlabel("inner steps executed")
-        axes[0][0].legend(fontsize=7)
+        _legend(axes[0][0])
         fig.tight_layout()
         fig.savefig(out / "hparams.png", dpi=110)
         plt.close(fig)
         written.append("hparams.png")
 
-    glocal_runs = [r for r in records if r["strategy"] == "glocal" and r.get("windows")]
+    glocal_runs = [r for r in records if r["strategy"] == "glocal" and r.get("windows")
+                   and isinstance(r["windows"][0].get("local"), list)]
     if glocal_runs:
         r = glocal_runs[0]
-        q = len(r["windows"][0]["local"])
+        q = min(len(r["windows"][0]["local"]), MAX_PLOTTED_HYPERGRADIENTS)
         fig, axes = plt.subplots(1, q, figsize=(4 * q, 3.5), squeeze=False)
         labels = list(r["hparams"])
         for i, ax in enumerate(axes[0]):
@@ -124,7 +132,7 @@ def _plots(out: Path, records: Sequence[dict[str, Any]]) -> list[str]:
             ax.set_title(f"d L_val / d raw {labels[i] if i < len(labels) else i}")
             ax.set_xlabel("window end (step)")
             ax.set_yscale("symlog", linthresh=1e-4)
-        axes[0][0].legend(fontsize=7)
+        _legend(axes[0][0])
         fig.tight_layout()
         fig.savefig(out / "hypergradients.png", dpi=110)
         plt.close(fig)

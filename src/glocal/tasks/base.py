@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -106,6 +107,10 @@ class Task:
     grid: dict[str, list[float]] = field(default_factory=dict)
     #: hypergradient engine the online strategies use: "forward" (small q) or "reverse" (large q)
     mode: str = "forward"
+    #: training batches are ``(x, y, idx)`` with the samples' training-set indices (per-sample weights)
+    indexed_batches: bool = False
+    #: task-specific metrics ``hook(task) -> dict`` merged into result records (see ``extra_metrics``)
+    metrics_hook: Callable[[Task], dict[str, Any]] | None = None
 
     # -- data --------------------------------------------------------------------------------
     @property
@@ -120,23 +125,25 @@ class Task:
     def steps_per_epoch(self) -> int:
         return 1 if self.full_batch else self.num_train // int(self.batch_size)  # type: ignore[arg-type]
 
-    def batches(self, seed: int | None = None) -> Iterator[Split]:
+    def batches(self, seed: int | None = None) -> Iterator[tuple[Tensor, ...]]:
         """Infinite training batches, reshuffled every epoch by a generator seeded with ``seed``.
 
         The same seed always gives the same order (the Global strategy retrains on it); the
-        default is the task's own seed. The global RNGs are not touched.
+        default is the task's own seed. The global RNGs are not touched. Batches are ``(x, y)``,
+        or ``(x, y, idx)`` when ``indexed_batches`` is set.
         """
         x, y = self.train
         if self.full_batch:
+            everything = torch.arange(self.num_train, device=x.device)
             while True:
-                yield x, y
+                yield (x, y, everything) if self.indexed_batches else (x, y)
         gen = torch.Generator().manual_seed(self.seed if seed is None else int(seed))
         n, b = self.num_train, int(self.batch_size)  # type: ignore[arg-type]
         while True:
             perm = torch.randperm(n, generator=gen).to(x.device)
             for start in range(0, n - b + 1, b):
                 idx = perm[start:start + b]
-                yield x[idx], y[idx]
+                yield (x[idx], y[idx], idx) if self.indexed_batches else (x[idx], y[idx])
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
@@ -163,6 +170,10 @@ class Task:
         finally:
             model.train(was_training)
         return out
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """Task-specific metrics of the current model and hyperparameters (``metrics_hook``), or {}."""
+        return dict(self.metrics_hook(self)) if self.metrics_hook is not None else {}
 
     def default_grid(self) -> dict[str, list[float]]:
         """A small log-spaced grid (about 16 configurations) over the tuned hyperparameters."""

@@ -17,6 +17,7 @@ from .base import Task, apply_init
 from .logistic import make_logistic_digits
 from .mnist1d import make_mnist1d
 from .quadratic import make_quadratic
+from .reweighting import make_imbalanced, make_noisy
 
 __all__ = ["describe", "make", "names", "register"]
 
@@ -121,3 +122,7 @@ register("mnist1d-cnn", make_mnist1d,
 register("mnist1d-cnn-adamw", make_mnist1d,
          "MNIST-1D 1-D CNN (3 conv layers, ~17k params), 3000 train, AdamW tuning lr, wd", arch="cnn",
          optimizer="adamw")
+register("mnist1d-imbalanced", make_imbalanced,
+         "MNIST-1D MLP, long-tailed train (imbalance ratio 50), balanced val/test; per-class loss weights (forward)")
+register("mnist1d-noisy", make_noisy,
+         "MNIST-1D MLP, 3000 train with 40% wrong labels, clean val 300; per-sample loss weights (reverse)")

@@ -1,0 +1,128 @@
+"""Search with online refinement versus plain TPE, the grid oracle and single online runs.
+
+Runs (or reads) ``glocal search --inner fixed,local,glocal --baselines`` and tabulates, for each
+method and budget (in plain-run units), the best final validation loss reached, mean over seeds,
+with the wall time it took; and the smallest budget at which each search comes within 3% of the
+grid oracle. Smaller budgets are read off the budget-16 studies: a study with a smaller budget is
+exactly a prefix of the larger one (``glocal.search.best_within``, tested).
+
+    python benchmarks/bench_search.py                      # runs the study (about 30-40 min, 1 thread)
+    python benchmarks/bench_search.py --from runs/search-bench   # only tabulates an earlier run
+
+Writes benchmarks/results/search.json and docs/search_frontier.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glocal import search
+from glocal.cli import main as glocal_main
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGETS = (1, 2, 3, 4, 6, 8, 12, 16)
+TARGET = 1.03  # within 3% of the grid oracle
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    ok = [v for v in values if math.isfinite(v)]
+    if len(ok) != len(values) or not ok:
+        return {"mean": math.nan, "std": math.nan}
+    return {"mean": statistics.mean(ok), "std": statistics.stdev(ok) if len(ok) > 1 else 0.0}
+
+
+def tabulate(records: list[dict[str, Any]], budgets: tuple[int, ...] = BUDGETS) -> dict[str, Any]:
+    """Per method: best val loss (mean/std over seeds), its test loss and the wall seconds, per budget."""
+    methods: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        methods.setdefault(r["strategy"], []).append(r)
+    grid = {r["seed"]: r["final_val_loss"] for r in methods.get("grid", [])}
+    grid_mean = statistics.mean(grid.values()) if grid else math.nan
+    table: dict[str, Any] = {}
+    for name, group in methods.items():
+        rows = {}
+        for b in budgets:
+            if "study" in group[0]:
+                found = [search.best_within(r["study"]["trials"], b) for r in group]
+                best = [f["best"] for f in found]
+                test = [f["test_loss"] if f["test_loss"] is not None else math.nan for f in found]
+                wall = [f["wall_seconds"] for f in found]
+                units = [f["units"] for f in found]
+            else:
+                best = [search.best_at(r, b) for r in group]
+                test = [r["test_loss"] if math.isfinite(search.best_at(r, b)) else math.nan for r in group]
+                wall = [r["wall_seconds"] for r in group]
+                units = [r["inner_steps"] / r["total_steps"] for r in group]
+            rows[str(b)] = {"best_val": _stats(best), "test_loss": _stats(test), "wall_seconds": _stats(wall),
+                            "units": _stats(units), "per_seed": best}
+        within = [b for b in budgets if rows[str(b)]["best_val"]["mean"] <= TARGET * grid_mean]
+        table[name] = {"seeds": sorted(r["seed"] for r in group), "budgets": rows,
+                       "smallest_budget_within_3pct_of_grid": within[0] if within else None}
+    verdict = {}
+    if "search-fixed" in table:
+        for name in ("search-local", "search-glocal"):
+            if name in table:
+                mine, plain = table[name]["budgets"], table["search-fixed"]["budgets"]
+                verdict[name] = {b: mine[b]["best_val"]["mean"] < plain[b]["best_val"]["mean"]
+                                 for b in ("4", "8", "16") if b in mine}
+    return {"grid_oracle": {"per_seed": grid, "mean": grid_mean}, "methods": table,
+            "beats_plain_tpe": verdict}
+
+
+def markdown(summary: dict[str, Any], budgets: tuple[int, ...] = (1, 2, 4, 8, 16)) -> str:
+    head = ["method", *(f"@{b}" for b in budgets), "within 3% of grid at", f"wall s @{budgets[-1]}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in summary["methods"].items():
+        cells = [name]
+        for b in budgets:
+            s = m["budgets"][str(b)]["best_val"]
+            cells.append("-" if not math.isfinite(s["mean"]) else f"{s['mean']:.4f} ± {s['std']:.3f}")
+        smallest = m["smallest_budget_within_3pct_of_grid"]
+        cells.append("-" if smallest is None else f"{smallest} runs")
+        cells.append(f"{m['budgets'][str(budgets[-1])]['wall_seconds']['mean']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--from", dest="source", type=Path, default=None, help="tabulate this earlier run's folder")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "search-bench")
+    parser.add_argument("--task", default="mnist1d-mlp")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--budget-runs", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    source = args.source
+    if source is None:
+        argv = ["search", "--task", args.task, "--inner", "fixed,local,glocal", "--budget-runs",
+                str(args.budget_runs), "--seeds", str(args.seeds), "--baselines", "--threads", "1", "--quiet",
+                "--out", str(args.out)] + (["--steps", str(args.steps)] if args.steps else [])
+        if glocal_main(argv) != 0:
+            return 1
+        source = args.out
+    data = json.loads((source / "results.json").read_text())
+    records = data["records"]
+    summary = tabulate(records)
+    summary["meta"] = {**data.get("meta", {}), "machine": "2-core CPU (shared with other jobs), torch "
+                       f"{torch.__version__} CPU, 1 thread", "python": platform.python_version()}
+    (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
+    (ROOT / "benchmarks" / "results" / "search.json").write_text(json.dumps(summary, indent=1))
+    search.plot_frontier(ROOT / "docs" / "search_frontier.png", records)
+    print(markdown(summary))
+    print(json.dumps(summary["beats_plain_tpe"]), json.dumps(summary["grid_oracle"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
