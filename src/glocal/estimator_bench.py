@@ -222,11 +222,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     def q(t: tuple[float, float, float]) -> str:
         return f"{t[1]:.3g} [{t[0]:.3g}, {t[2]:.3g}]"
 
+    def c(t: tuple[float, float, float]) -> str:  # cosines near 1 need more digits
+        return f"{t[1]:.5f} [{t[0]:.4f}, {t[2]:.4f}]"
+
     lines = ["| task | variant | windows | cosine to H_T | rel. error to H_T | beats local | "
              "cosine to mean H | rel. error to mean H | beats local (mean) | fallbacks |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['variant']} | {r['windows']} | {q(r['cosine'])} | {q(r['relative_error'])} "
-                     f"| {r['beats_local']:.2f} | {q(r['cosine_avg'])} | {q(r['relative_error_avg'])} "
+        lines.append(f"| {r['task']} | {r['variant']} | {r['windows']} | {c(r['cosine'])} | {q(r['relative_error'])} "
+                     f"| {r['beats_local']:.2f} | {c(r['cosine_avg'])} | {q(r['relative_error_avg'])} "
                      f"| {r['beats_local_avg']:.2f} | {r['fallbacks']:.2f} |")
     return "\n".join(lines) + "\n"
