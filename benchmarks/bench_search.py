@@ -64,8 +64,11 @@ def tabulate(records: list[dict[str, Any]], budgets: tuple[int, ...] = BUDGETS) 
                 units = [r["inner_steps"] / r["total_steps"] for r in group]
             rows[str(b)] = {"best_val": _stats(best), "test_loss": _stats(test), "wall_seconds": _stats(wall),
                             "units": _stats(units), "per_seed": best}
+        last = rows[str(budgets[-1])]
+        rows_per_unit = last["wall_seconds"]["mean"] / last["units"]["mean"] if last["units"]["mean"] else math.nan
         within = [b for b in budgets if rows[str(b)]["best_val"]["mean"] <= TARGET * grid_mean]
         table[name] = {"seeds": sorted(r["seed"] for r in group), "budgets": rows,
+                       "wall_seconds_per_unit": rows_per_unit,
                        "smallest_budget_within_3pct_of_grid": within[0] if within else None}
     verdict = {}
     if "search-fixed" in table:
@@ -79,7 +82,8 @@ def tabulate(records: list[dict[str, Any]], budgets: tuple[int, ...] = BUDGETS) 
 
 
 def markdown(summary: dict[str, Any], budgets: tuple[int, ...] = (1, 2, 4, 8, 16)) -> str:
-    head = ["method", *(f"@{b}" for b in budgets), "within 3% of grid at", f"wall s @{budgets[-1]}"]
+    head = ["method", *(f"@{b}" for b in budgets), "within 3% of grid at", f"wall s @{budgets[-1]}",
+            "wall s per run unit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in summary["methods"].items():
         cells = [name]
@@ -89,8 +93,48 @@ def markdown(summary: dict[str, Any], budgets: tuple[int, ...] = (1, 2, 4, 8, 16
         smallest = m["smallest_budget_within_3pct_of_grid"]
         cells.append("-" if smallest is None else f"{smallest} runs")
         cells.append(f"{m['budgets'][str(budgets[-1])]['wall_seconds']['mean']:.0f}")
+        cells.append(f"{m['wall_seconds_per_unit']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot_mean_frontier(path: Path, records: list[dict[str, Any]], grid_mean: float) -> None:
+    """Mean over seeds of the best validation loss within each budget (runs and wall seconds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = [b / 4 for b in range(4, 16 * 4 + 1)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    methods: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        methods.setdefault(r["strategy"], []).append(r)
+    for i, (name, group) in enumerate(methods.items()):
+        color = f"C{i}"
+        if "study" not in group[0]:
+            units = statistics.mean(r["inner_steps"] / r["total_steps"] for r in group)
+            best = statistics.mean(r["final_val_loss"] for r in group)
+            wall = statistics.mean(r["wall_seconds"] for r in group)
+            for ax, x in zip(axes, (units, wall), strict=True):
+                ax.plot([x], [best], "s" if name == "grid" else "o", color=color, label=name)
+            continue
+        found = [[search.best_within(r["study"]["trials"], b) for b in budgets] for r in group]
+        ok = [j for j in range(len(budgets)) if all(math.isfinite(f[j]["best"]) for f in found)]
+        mean = [statistics.mean(f[j]["best"] for f in found) for j in ok]
+        wall = [statistics.mean(f[j]["wall_seconds"] for f in found) for j in ok]
+        axes[0].step([budgets[j] for j in ok], mean, where="post", color=color, label=name)
+        axes[1].plot(wall, mean, color=color, label=name)
+    for ax in axes:
+        ax.axhline(grid_mean * TARGET, color="grey", ls=":", lw=1, label="grid oracle + 3%")
+        ax.set_xscale("log")
+        ax.set_ylabel(f"best final val loss (mean of {len(next(iter(methods.values())))} seeds)")
+        ax.legend(fontsize=7)
+    axes[0].set_xlabel("budget (plain training runs: inner steps / T)")
+    axes[1].set_xlabel("wall seconds spent (2 shared CPU cores, 1 thread)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -101,6 +145,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget-runs", type=int, default=16)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--name", default="search", help="results file benchmarks/results/NAME.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     source = args.source
@@ -117,8 +162,8 @@ def main() -> int:
     summary["meta"] = {**data.get("meta", {}), "machine": "2-core CPU (shared with other jobs), torch "
                        f"{torch.__version__} CPU, 1 thread", "python": platform.python_version()}
     (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "search.json").write_text(json.dumps(summary, indent=1))
-    search.plot_frontier(ROOT / "docs" / "search_frontier.png", records)
+    (ROOT / "benchmarks" / "results" / f"{args.name}.json").write_text(json.dumps(summary, indent=1))
+    plot_mean_frontier(ROOT / "docs" / f"{args.name}_frontier.png", records, summary["grid_oracle"]["mean"])
     print(markdown(summary))
     print(json.dumps(summary["beats_plain_tpe"]), json.dumps(summary["grid_oracle"]))
     return 0

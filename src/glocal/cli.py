@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--heartbeat", type=_positive_int, default=30,
                         help="seconds between heartbeats of a running trial; a killed worker's trial is "
                         "re-queued after twice this (default 30)")
+    search.add_argument("--random-start", action="store_true",
+                        help="draw trial 0 at random too (default: trial 0 runs the task's defaults / --init)")
     search.add_argument("--baselines", action="store_true",
                         help="also run the grid oracle and single local and glocal runs into the report")
     _tuning_options(search)
@@ -343,7 +345,8 @@ def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -
 
                 result = search.run_search(
                     args.task, inner, args.budget_runs, seed, storage, name, args.pruner, settings, args.spread,
-                    args.tune_hyper_lr, args.startup_trials, args.heartbeat, on_trial=show)
+                    args.tune_hyper_lr, args.startup_trials, args.heartbeat, on_trial=show,
+                    start_at_defaults=not args.random_start)
                 records.append(result.record())
     except search.SearchError as error:
         raise UsageError(f"glocal: {error}") from None

@@ -38,8 +38,8 @@ def _mean_std(values: list[float]) -> str:
     if not values:
         return "n/a"
     if len(values) == 1:
-        return f"{values[0]:.4g}"
-    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+        return f"{values[0]:.5g}"
+    return f"{statistics.mean(values):.5g} ± {statistics.stdev(values):.2g}"
 
 
 def summary_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -70,6 +70,19 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_STRATEGY_ORDER = ("fixed", "local", "glocal", "global", "grid")
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _style(record: dict[str, Any]) -> dict[str, Any]:
+    """One colour per strategy, one line style per seed, so that many runs stay readable."""
+    strategy = str(record["strategy"])
+    index = _STRATEGY_ORDER.index(strategy) if strategy in _STRATEGY_ORDER else len(_STRATEGY_ORDER) + (
+        sum(map(ord, strategy)) % 5)
+    return {"color": f"C{index % 10}", "linestyle": _LINESTYLES[int(record.get("seed", 0)) % len(_LINESTYLES)],
+            "label": f"{strategy} (seed {record.get('seed', 0)})"}
+
+
 def _legend(ax: Any) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
@@ -89,7 +102,7 @@ def _plots(out: Path, records: Sequence[dict[str, Any]]) -> list[str]:
     for r in records:
         if r.get("curve"):
             xs, ys = zip(*r["curve"], strict=True)
-            ax.plot(xs, ys, label=f"{r['strategy']} (seed {r['seed']})")
+            ax.plot(xs, ys, **_style(r))
     ax.set_xlabel("inner training steps executed (restarts included)")
     ax.set_ylabel("validation loss")
     ax.set_xscale("log")
@@ -108,7 +121,7 @@ def _plots(out: Path, records: Sequence[dict[str, Any]]) -> list[str]:
                 traj = [(t["step"], t[name]) for t in r.get("hparam_trajectory", []) if name in t]
                 if len(traj) > 1:
                     xs, ys = zip(*traj, strict=True)
-                    ax.step(xs, ys, where="post", label=f"{r['strategy']} (seed {r['seed']})")
+                    ax.step(xs, ys, where="post", **_style(r))
             ax.set_yscale("log")
             ax.set_title(name)
             ax.set_xlabel("inner steps executed")

@@ -73,6 +73,8 @@ class Dimension:
     kind: str
     low: float
     high: float
+    #: the Optuna parameter of the initial value the range was built around
+    centre: float
 
     def suggest(self, trial: optuna.Trial) -> float:
         """Sample from ``trial`` and return the constrained value."""
@@ -100,12 +102,13 @@ def search_space(task: str, settings: Settings | None = None, spread: float = 30
             continue
         kind = built.space.transform_of(name).kind
         if kind == "log":
-            dims.append(Dimension(name, name, "log", value / spread, value * spread))
+            dims.append(Dimension(name, name, "log", value / spread, value * spread, value))
         elif kind == "logit":
             logit = math.log(value / (1 - value))
-            dims.append(Dimension(f"logit_{name}", name, "logit", logit - width, logit + width))
+            dims.append(Dimension(f"logit_{name}", name, "logit", logit - width, logit + width, logit))
     if tune_hyper_lr and inner != "fixed":
-        dims.append(Dimension("hyper_lr", "hyper_lr", "log", settings.hyper_lr / 10, settings.hyper_lr * 10))
+        dims.append(Dimension("hyper_lr", "hyper_lr", "log", settings.hyper_lr / 10, settings.hyper_lr * 10,
+                              settings.hyper_lr))
     if not dims:
         raise SearchError(f"task {task!r} has no scalar log/logit hyperparameter to search")
     return dims
@@ -118,45 +121,52 @@ def _trial_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, index]).generate_state(1)[0])
 
 
-def _seeded_sampler(seed: int, startup_trials: int) -> Any:
-    """A sampler that draws trial ``n`` with a fresh TPE seeded from (seed, n).
+def _seeded_sampler(seed: int, startup_trials: int, first: dict[str, float] | None = None) -> Any:
+    """A sampler that draws trial ``n`` with a fresh TPE seeded from (seed, n); trial 0 is ``first``.
 
     ``n`` counts the study's trials before this one that did not fail, so a re-queued interrupted
     trial does not shift the seeds of the trials after it, and concurrent workers (distinct trial
-    numbers) never draw with the same seed.
+    numbers) never draw with the same seed. ``first`` (Optuna parameters, e.g. the centre of the
+    space = the task's defaults) is what trial 0 gets instead of a draw.
     """
     optuna = _optuna()
     from optuna.trial import TrialState
 
     class PerTrialTPE(optuna.samplers.BaseSampler):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
-            self._samplers: dict[int, Any] = {}
+            self._samplers: dict[int, tuple[int, Any]] = {}
 
-        def _for(self, study: Any, trial: Any) -> Any:
+        def _for(self, study: Any, trial: Any) -> tuple[int, Any]:
             if trial.number not in self._samplers:
                 failed = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                              if t.number < trial.number)
-                self._samplers[trial.number] = optuna.samplers.TPESampler(
-                    seed=_trial_seed(seed, trial.number - failed), n_startup_trials=startup_trials,
-                    multivariate=True)
+                index = trial.number - failed
+                self._samplers[trial.number] = (index, optuna.samplers.TPESampler(
+                    seed=_trial_seed(seed, index), n_startup_trials=startup_trials, multivariate=True))
             return self._samplers[trial.number]
 
         def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
-            return self._for(study, trial).infer_relative_search_space(study, trial)
+            return self._for(study, trial)[1].infer_relative_search_space(study, trial)
 
         def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
-            return self._for(study, trial).sample_relative(study, trial, search_space)
+            index, tpe = self._for(study, trial)
+            if index == 0 and first:
+                return {k: first[k] for k in search_space if k in first}
+            return tpe.sample_relative(study, trial, search_space)
 
         def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
-            return self._for(study, trial).sample_independent(study, trial, name, distribution)
+            index, tpe = self._for(study, trial)
+            if index == 0 and first and name in first:
+                return first[name]
+            return tpe.sample_independent(study, trial, name, distribution)
 
         def before_trial(self, study: Any, trial: Any) -> None:
-            self._for(study, trial).before_trial(study, trial)
+            self._for(study, trial)[1].before_trial(study, trial)
 
         def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-            sampler = self._samplers.pop(trial.number, None)
-            if sampler is not None:
-                sampler.after_trial(study, trial, state, values)
+            entry = self._samplers.pop(trial.number, None)
+            if entry is not None:
+                entry[1].after_trial(study, trial, state, values)
 
     return PerTrialTPE()
 
@@ -381,13 +391,15 @@ def run_search(task: str, inner: str = "glocal", budget_runs: float = 8, seed: i
                study_name: str | None = None, pruner: str = "median", settings: Settings | None = None,
                spread: float = 30.0, tune_hyper_lr: bool = False, startup_trials: int = 4,
                heartbeat: int | None = HEARTBEAT, on_trial: Callable[[dict[str, Any]], None] | None = None,
-               ) -> SearchResult:
+               start_at_defaults: bool = True) -> SearchResult:
     """Run (or resume, or join) the study and return its result (see the module docstring).
 
     ``storage``: None (in memory) or a database URL such as ``sqlite:///runs/search/study.db``; the
     study ``study_name`` (default ``<task>-<inner>-seed<seed>``) is created or loaded, and must have
     been created with the same configuration. ``settings`` are the inner runs' (window, hyper-lr,
     steps, init = the centre of the search space...). ``on_trial`` gets each finished trial's summary.
+    ``start_at_defaults``: trial 0 runs the centre of the space (the task's defaults, or ``init``)
+    rather than a random draw.
     """
     optuna = _optuna()
     from optuna.trial import TrialState
@@ -405,10 +417,12 @@ def run_search(task: str, inner: str = "glocal", budget_runs: float = 8, seed: i
     dims = search_space(task, settings, spread, tune_hyper_lr, inner)
     pruner_obj = _pruner(pruner, total)
     name = study_name or f"{task}-{inner}-seed{seed}"
+    first = {d.param: d.centre for d in dims} if start_at_defaults else None
     db = _storage(storage, heartbeat, lambda study, trial: _requeue(study, trial))
     study = optuna.create_study(study_name=name, storage=db, direction="minimize", load_if_exists=True,
-                                sampler=_seeded_sampler(seed, startup_trials), pruner=pruner_obj)
+                                sampler=_seeded_sampler(seed, startup_trials, first), pruner=pruner_obj)
     config = _study_config(task, inner, seed, settings, dims, pruner, startup_trials)
+    config["start_at_defaults"] = start_at_defaults
     config = report._clean(config)
     stored = study.user_attrs.get("config")
     if stored is None:

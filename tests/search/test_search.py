@@ -34,6 +34,14 @@ def test_search_space_is_centred_on_the_task_defaults():
     assert "hyper_lr" not in {d.target for d in fixed}
 
 
+def test_trial_zero_runs_the_task_defaults_unless_random_start():
+    defaults = experiment.build_task("quadratic", 0, TINY).space.to_dict()
+    first = search.run_search("quadratic", "fixed", budget_runs=1, settings=TINY).trials[0]
+    assert first["init"] == pytest.approx(defaults)
+    drawn = search.run_search("quadratic", "fixed", budget_runs=1, settings=TINY, start_at_defaults=False).trials[0]
+    assert drawn["init"]["lr"] != pytest.approx(defaults["lr"])
+
+
 def test_budget_is_respected_and_the_record_has_the_compare_keys():
     result = search.run_search("quadratic", "local", budget_runs=3, seed=0, settings=TINY)
     assert 3 <= result.spent_runs < 4  # never more than one trial over
