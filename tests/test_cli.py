@@ -77,3 +77,16 @@ def test_compare_counts_the_cost_of_restarts(tmp_path):
     assert records["grid"]["inner_steps"] == 40 * len(records["grid"]["grid"])
     best = min(g["final_val_loss"] for g in records["grid"]["grid"])
     assert records["grid"]["final_val_loss"] == pytest.approx(best)
+
+
+def test_flags_override_task_recommended_settings():
+    from glocal.cli import _settings, build_parser
+
+    parse = build_parser().parse_args
+    noisy = _settings(parse(["run", "--task", "mnist1d-noisy", "--strategy", "local"]))
+    assert (noisy.hyper_optimizer, noisy.hyper_lr, noisy.window) == ("adam", 0.1, 50)
+    forced = _settings(parse(["run", "--task", "mnist1d-noisy", "--strategy", "local", "--hyper-optimizer", "sgd",
+                              "--window", "20"]))
+    assert (forced.hyper_optimizer, forced.window) == ("sgd", 20)
+    plain = _settings(parse(["run", "--task", "mnist1d-mlp", "--strategy", "local"]))
+    assert (plain.hyper_optimizer, plain.hyper_lr, plain.window, plain.clip_norm) == ("sgd", 1.0, 100, 1.0)

@@ -68,14 +68,18 @@ def _positive_float(text: str) -> float:
 
 
 def _tuning_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--window", type=_positive_int, default=100, help="steps per window (default 100)")
+    parser.add_argument("--window", type=_positive_int, default=None,
+                        help=f"steps per window (default {Settings.window}, or the task's recommended value)")
     parser.add_argument("--record-every", type=_positive_int, default=None,
                         help="record h every this many steps of a window (glocal; default window/10)")
-    parser.add_argument("--hyper-lr", type=_positive_float, default=Settings.hyper_lr,
-                        help=f"learning rate of the hyper-optimizer on raw phi (default {Settings.hyper_lr})")
-    parser.add_argument("--hyper-optimizer", choices=("sgd", "adam"), default="sgd",
-                        help="optimizer of phi: sgd (magnitude-aware, default) or adam")
-    parser.add_argument("--clip", type=_positive_float, default=1.0, help="hypergradient norm clip (default 1)")
+    parser.add_argument("--hyper-lr", type=_positive_float, default=None,
+                        help=f"learning rate of the hyper-optimizer on raw phi (default {Settings.hyper_lr}, "
+                        "or the task's recommended value)")
+    parser.add_argument("--hyper-optimizer", choices=("sgd", "adam"), default=None,
+                        help="optimizer of phi: sgd (magnitude-aware; default) or adam (default for tasks that "
+                        "recommend it, e.g. per-sample weights)")
+    parser.add_argument("--clip", type=_positive_float, default=None,
+                        help=f"hypergradient norm clip (default {Settings.clip_norm})")
     parser.add_argument("--outer-steps", type=_positive_int, default=4, help="global: outer steps (default 4)")
     parser.add_argument("--steps", type=_positive_int, default=None, help="inner steps per run (default: task's)")
     parser.add_argument("--init", type=_init_values, default={}, metavar="NAME=VALUE[,...]",
@@ -222,9 +226,13 @@ def _check_strategies(names: Sequence[str]) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings(window=args.window, record_every=args.record_every, hyper_lr=args.hyper_lr,
-                    hyper_optimizer=args.hyper_optimizer, clip_norm=args.clip, steps=args.steps,
-                    outer_steps=args.outer_steps, init=dict(args.init))
+    """Flags given on the command line, else the task's recommended settings, else the defaults."""
+    values: dict[str, Any] = tasks.recommended_settings(args.task)
+    given = {"window": args.window, "hyper_lr": args.hyper_lr, "hyper_optimizer": args.hyper_optimizer,
+             "clip_norm": args.clip}
+    values.update({k: v for k, v in given.items() if v is not None})
+    return Settings(record_every=args.record_every, steps=args.steps, outer_steps=args.outer_steps,
+                    init=dict(args.init), **values)
 
 
 def _preflight(task: str, settings: Settings) -> None:
@@ -287,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return _bench_estimator(args)
         if args.command == "demo":
+            # a small MLP: one thread is faster on a few cores (two threads stall, DESIGN section 7)
+            torch.set_num_threads(1)
             settings = demo_settings()
             print(f"glocal demo: {DEMO_TASK}, initial lr {settings.init['lr']:.3g} "
                   f"({DEMO_LR_FACTOR:g}x below the task default), strategies fixed, local, glocal, global")

@@ -7,7 +7,7 @@ batching and evaluation. ``names()`` lists the tasks and ``describe()`` says wha
 
 from .base import Task
 from .quadratic import QuadraticExact, QuadraticProblem, optimal_weight_decay, quadratic_exact
-from .registry import describe, make, names, register
+from .registry import describe, make, names, recommended_settings, register
 
 __all__ = [
     "QuadraticExact",
@@ -18,5 +18,6 @@ __all__ = [
     "names",
     "optimal_weight_decay",
     "quadratic_exact",
+    "recommended_settings",
     "register",
 ]

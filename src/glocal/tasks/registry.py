@@ -17,7 +17,7 @@ from .base import Task, apply_init
 from .logistic import make_logistic_digits
 from .mnist1d import make_mnist1d
 from .quadratic import make_quadratic
-from .reweighting import make_imbalanced, make_noisy
+from .reweighting import RECOMMENDED, make_imbalanced, make_noisy
 
 __all__ = ["describe", "make", "names", "register"]
 
@@ -126,3 +126,14 @@ register("mnist1d-imbalanced", make_imbalanced,
          "MNIST-1D MLP, long-tailed train (imbalance ratio 50), balanced val/test; per-class loss weights (forward)")
 register("mnist1d-noisy", make_noisy,
          "MNIST-1D MLP, 3000 train with 40% wrong labels, clean val 300; per-sample loss weights (reverse)")
+
+
+def recommended_settings(name: str) -> dict[str, Any]:
+    """Tuning settings (``glocal.experiment.Settings`` fields) a task was benchmarked with, if any.
+
+    The command line uses them where the user gave no flag: e.g. per-sample loss weights need a
+    per-coordinate hyper-optimizer (Adam), which the default plain SGD on a clipped hypergradient
+    is not (a unit-norm step spread over 3000 weights moves each by ~0.002).
+    """
+    return dict(RECOMMENDED.get(name, {}))
+
