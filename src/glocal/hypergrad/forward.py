@@ -4,7 +4,7 @@ The tangents Z_t = d(theta_t, s_t)/d raw (one per scalar hyperparameter, q in al
 training step exactly: Z_{t+1} = A_t Z_t + B_t. Memory is O(q p), constant in the number of steps,
 and h_t = d L_val(theta_t) / d raw = grad L_val(theta_t) . Z_theta costs one validation gradient.
 
-How one step is linearised (measured in benchmarks/bench_step.py, docs/benchmarks_step.md):
+How one step is linearised (measured in benchmarks/bench_step.py, docs/benchmarks.md):
 
 * gradient tangents dg_i = H Z_i + d^2 L / (d theta d raw_i) come from q double backwards
   (reverse-over-reverse) through the ONE graph of the training gradient (``retain_graph``). A
