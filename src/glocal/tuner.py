@@ -208,9 +208,7 @@ class Tuner:
         self.fallbacks = state["fallbacks"]
         self.history.load_state_dict(state["history"])
         if isinstance(self.engine, ForwardEngine) and "tangent_params" in state:
-            self.engine.tangent_params = tuple(t.clone() for t in state["tangent_params"])
-            self.engine.tangent_state = tuple(t.clone() for t in state["tangent_state"])
-            self.engine._tangents_zero = not any(bool(t.any()) for t in self.engine.tangent_params)
+            self.engine.set_tangents(tuple(state["tangent_params"]), tuple(state["tangent_state"]))
         if isinstance(self.engine, ReverseEngine):
             self.engine.begin_window()
         if self.hyper_optimizer is not None and "hyper_optimizer" in state:

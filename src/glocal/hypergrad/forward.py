@@ -114,6 +114,13 @@ class ForwardEngine(Engine):
         self._packed_params = self._packed_state = None
         self._tangents_zero = True
 
+    def set_tangents(self, tangent_params: tuple[Tensor, ...], tangent_state: tuple[Tensor, ...]) -> None:
+        """Restore tangents (e.g. from a checkpoint); shapes (q, *parameter shape) and (q, *state shape)."""
+        self.tangent_params = tuple(t.clone() for t in tangent_params)
+        self.tangent_state = tuple(t.clone() for t in tangent_state)
+        self._packed_params = self._packed_state = None
+        self._tangents_zero = not any(bool(t.any()) for t in self.tangent_params + self.tangent_state)
+
     # -- one training step -----------------------------------------------------------------
     def step(self, batch: Batch) -> float:
         """One optimizer step on ``batch`` with tangent propagation; returns the training loss."""
