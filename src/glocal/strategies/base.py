@@ -47,6 +47,12 @@ def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
     return value
 
 
+def check_mode(mode: str) -> str:
+    if mode not in ("forward", "reverse"):
+        raise ValueError(f"mode={mode!r}: expected 'forward' or 'reverse'")
+    return mode
+
+
 def check_record_every(window: int, record_every: int | None) -> int:
     """Default: record ten points per window; must divide the window so its end is a row."""
     if record_every is None:

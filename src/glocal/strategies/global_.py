@@ -20,7 +20,7 @@ from ..hypergrad.engine import Validation
 from ..hypergrad.functional import Batch, LossFn
 from ..optim.base import InnerOptimizer
 from ..space import HyperSpace
-from .base import check_positive_int
+from .base import check_mode, check_positive_int
 from .fixed import Fixed
 from .local import Local
 
@@ -42,8 +42,7 @@ class Global:
 
     def __post_init__(self) -> None:
         check_positive_int("outer_steps", self.outer_steps)
-        if self.mode not in ("forward", "reverse"):
-            raise ValueError(f"mode={self.mode!r}: expected 'forward' or 'reverse'")
+        check_mode(self.mode)
 
     def run(
         self,

@@ -19,7 +19,7 @@ from typing import Any
 from torch import Tensor
 
 from ..koopman import extrapolate
-from .base import WindowEstimate, check_positive_int, check_record_every
+from .base import WindowEstimate, check_mode, check_positive_int, check_record_every
 
 #: options of ``glocal.koopman.extrapolate`` that Glocal uses unless told otherwise
 DEFAULT_KOOPMAN: dict[str, Any] = {"model": "affine", "fallback": "weighted"}
@@ -46,8 +46,7 @@ class Glocal:
                 f"record_every={self.record_every}: the window of {self.window} steps must give at least 3 "
                 "recorded points (record_every <= window / 2)"
             )
-        if self.mode not in ("forward", "reverse"):
-            raise ValueError(f"mode={self.mode!r}: expected 'forward' or 'reverse'")
+        check_mode(self.mode)
         self.koopman = {**DEFAULT_KOOPMAN, **self.koopman}
 
     def estimate(self, trajectory: Tensor, window_end: int) -> WindowEstimate:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .base import WindowEstimate, check_positive_int
+from .base import WindowEstimate, check_mode, check_positive_int
 
 
 @dataclass
@@ -20,8 +20,7 @@ class Local:
 
     def __post_init__(self) -> None:
         check_positive_int("window", self.window)
-        if self.mode not in ("forward", "reverse"):
-            raise ValueError(f"mode={self.mode!r}: expected 'forward' or 'reverse'")
+        check_mode(self.mode)
 
     @property
     def record_every(self) -> int:
