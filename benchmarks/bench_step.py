@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/bench_step.py [--out benchmarks/results/step.json] [--repeats 15] [--quick]
-                                    [--baseline-forward OLD_forward.py] [--no-memory]
+                                    [--baseline-forward OLD_forward.py] [--no-memory] [--compile]
 
 Model: MLP 40-100-100-10 (ReLU, float32) on MNIST-1D (generated locally by
 ``mnist1d.data.make_dataset``; 4000 training and 1000 validation samples), batch 128 and 1024.
@@ -13,6 +13,8 @@ Configurations (all on one thread, ``torch.set_num_threads(1)``):
   hypergrad    ForwardEngine.hypergradient on the 1000 validation samples (q = 4): the per-record cost
   rev W=50     ReverseEngine: 50 unrolled steps + one hypergradient (q = 4), reported per step
   fwd-old q=…  (only with --baseline-forward) the ForwardEngine of another forward.py, side by side
+  fwd-compiled q=…  (only with --compile) glocal.hypergrad.compiled.CompiledForwardEngine (torch.compile,
+               fullgraph, dynamic=False); its cold compile time (first compiled step) is reported separately
 
 Timing: configurations are interleaved (every repeat runs a block of steps of each one in turn) so that
 load from other processes hits them alike; per-step median and interquartile range (IQR) over the
@@ -55,9 +57,12 @@ from torch.nn import functional as F
 
 import glocal
 from glocal.hypergrad import ForwardEngine, ReverseEngine
+from glocal.hypergrad.compiled import CompiledForwardEngine
 
 LR, MOMENTUM, WEIGHT_DECAY, DAMPENING = 0.05, 0.9, 1e-4, 0.1
 WINDOW = 50
+#: seconds of the first compiled step (cold compile) per configuration, filled by make_config
+COMPILE_SECONDS: dict[str, float] = {}
 VAL_SIZE = 1000
 
 
@@ -136,9 +141,14 @@ def make_config(name: str, batch: int, data, baseline=None, held: bool = True) -
         return run, 0
     if name.startswith(("fwd", "hypergrad")):
         q = 4 if name == "hypergrad" else int(name.split("q=")[1])
-        engine_type = baseline if name.startswith("fwd-old") else ForwardEngine
+        engine_type = (baseline if name.startswith("fwd-old")
+                       else CompiledForwardEngine if name.startswith("fwd-compiled") else ForwardEngine)
         engine = engine_type(mlp(), inner_sgd(), space(q), F.cross_entropy)
         engine.step(stream())  # non-zero tangents from here on
+        if name.startswith("fwd-compiled"):
+            t0 = time.perf_counter()
+            engine.step(stream())  # the first compiled step: cold compile
+            COMPILE_SECONDS[f"{batch} {name}"] = time.perf_counter() - t0
         held = sum(t.numel() * t.element_size() for t in (*engine.tangent_params, *engine.tangent_state))
         if name == "hypergrad":
             def run(n: int) -> int:
@@ -185,16 +195,18 @@ def reverse_held_bytes(batch: int, data) -> int:
     return sum(seen.values())
 
 
-def configurations(baseline: bool) -> list[str]:
+def configurations(baseline: bool, compiled: bool = False) -> list[str]:
     names = ["plain", "fwd q=1", "fwd q=2", "fwd q=4"]
     if baseline:
         names += ["fwd-old q=1", "fwd-old q=2", "fwd-old q=4"]
+    if compiled:
+        names += ["fwd-compiled q=1", "fwd-compiled q=2", "fwd-compiled q=4"]
     return [*names, "hypergrad", f"rev W={WINDOW}"]
 
 
 # -- timing ----------------------------------------------------------------------------------------------
-def time_batch(batch: int, data, repeats: int, quick: bool, baseline) -> dict[str, dict]:
-    names = configurations(baseline is not None)
+def time_batch(batch: int, data, repeats: int, quick: bool, baseline, compiled: bool = False) -> dict[str, dict]:
+    names = configurations(baseline is not None, compiled)
     runs = {}
     for name in names:
         runs[name], held = make_config(name, batch, data, baseline)
@@ -295,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-forward", default=None,
                         help="path of another forward.py whose ForwardEngine is timed side by side (fwd-old)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
+    parser.add_argument("--compile", action="store_true",
+                        help="add fwd-compiled q=1/2/4 rows (CompiledForwardEngine) and report cold compile times")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=128, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -307,12 +321,15 @@ def main(argv: list[str] | None = None) -> None:
     data = load_data()
     results: dict[str, dict[str, dict]] = {}
     for batch in (int(b) for b in args.batches.split(",")):
-        results[str(batch)] = time_batch(batch, data, repeats, args.quick, baseline)
+        results[str(batch)] = time_batch(batch, data, repeats, args.quick, baseline, args.compile)
         if not args.no_memory:
             for name in results[str(batch)]:
                 results[str(batch)][name]["peak_rss_mb"] = peak_rss(name, batch, args.baseline_forward)
     table = markdown(results)
     print(table)
+    if COMPILE_SECONDS:
+        print("cold compile (first compiled step), s: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in COMPILE_SECONDS.items()))
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
@@ -320,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         "load_average": os.getloadavg(), "repeats": repeats, "quick": args.quick, "window": WINDOW,
         "val_size": VAL_SIZE, "model": "MLP 40-100-100-10 ReLU float32", "data": "mnist1d make_dataset",
         "optimizer": dict(lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, dampening=DAMPENING),
-        "baseline_forward": args.baseline_forward,
+        "baseline_forward": args.baseline_forward, "compile_seconds": COMPILE_SECONDS,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     out = Path(args.out)

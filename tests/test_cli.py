@@ -34,6 +34,7 @@ def test_tasks_lists_every_task(capsys):
         (["compare", "--task", "quadratic", "--strategies", "fixed,bogus"], "unknown strategy 'bogus'"),
         (["run", "--task", "quadratic"], "--strategy"),
         (["frobnicate"], "invalid choice"),
+        (["run", "--task", "mnist1d-imbalanced", "--strategy", "local", "--compile"], "hparams"),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(argv, fragment, capsys):

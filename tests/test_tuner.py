@@ -167,3 +167,20 @@ def test_global_retrains_from_the_same_start():
     assert space.to_dict()["lr"] > 0.01
     losses = [o["val_loss"] for o in result.outer[:-1]]
     assert losses[-1] < losses[0]
+
+
+def test_compile_option_selects_the_compiled_engine_for_forward_mode_only():
+    from glocal.hypergrad import ForwardEngine, PlainEngine
+    from glocal.hypergrad.compiled import CompiledForwardEngine
+
+    model, _, val = make_problem()
+    space = glocal.HyperSpace(lr=glocal.Log(0.05))
+    tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy,
+                         glocal.Local(window=2), val=val, compile=True)
+    assert isinstance(tuner.engine, CompiledForwardEngine)
+    plain = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy, glocal.Fixed(),
+                         compile=True)
+    assert isinstance(plain.engine, PlainEngine)
+    eager = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy,
+                         glocal.Local(window=2), val=val)
+    assert type(eager.engine) is ForwardEngine

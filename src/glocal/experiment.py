@@ -42,6 +42,7 @@ class Settings:
     init: dict[str, float] = field(default_factory=dict)
     koopman: dict[str, Any] = field(default_factory=dict)
     curve_points: int = 20
+    compile: bool = False
 
     def validate(self, total_steps: int) -> None:
         if self.steps is not None and self.steps < 1:
@@ -127,7 +128,7 @@ def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progr
                           mode=task.mode, koopman=dict(settings.koopman))
     hyper = None if strategy_name == "fixed" else _hyper_optimizer(task, settings)
     tuner = Tuner(task.model, task.optimizer, task.space, task.train_loss, task.val_loss, strategy, hyper,
-                  val=task.val, clip_norm=settings.clip_norm)
+                  val=task.val, clip_norm=settings.clip_norm, compile=settings.compile)
     batches = task.batches(seed)
     every = _curve_every(total, settings)
     curve: list[list[float]] = []
@@ -170,7 +171,7 @@ def _global(task: Task, settings: Settings, seed: int, progress: Progress | None
     start = time.perf_counter()
     result = Global(outer_steps=settings.outer_steps, mode=task.mode).run(
         task.model, task.optimizer, task.space, task.train_loss, task.val_loss, lambda: task.batches(seed), total,
-        task.val, _hyper_optimizer(task, settings), settings.clip_norm, on_step,
+        task.val, _hyper_optimizer(task, settings), settings.clip_norm, on_step, compile=settings.compile,
     )
     return {"inner_steps": result.inner_steps, "compute_seconds": time.perf_counter() - start, "curve": curve,
             "hparam_trajectory": trajectory, "skipped_updates": result.skipped_updates, "fallbacks": 0,

@@ -1,4 +1,8 @@
-"""Hypergradient engines: forward mode (tangents) and reverse mode (unrolled autograd)."""
+"""Hypergradient engines: forward mode (tangents) and reverse mode (unrolled autograd).
+
+The opt-in compiled forward step lives in ``glocal.hypergrad.compiled`` (imported on demand: it
+pulls in ``torch.compile``).
+"""
 
 from .api import hypergradient
 from .forward import ForwardEngine

@@ -57,6 +57,7 @@ class Global:
         hyper_optimizer: torch.optim.Optimizer | None = None,
         clip_norm: float | None = 1.0,
         on_step: Callable[[int, dict[str, Any]], None] | None = None,
+        compile: bool = False,
     ) -> GlobalResult:
         """Tune ``space`` with ``outer_steps`` full runs; leaves ``model`` trained with the final phi.
 
@@ -75,7 +76,8 @@ class Global:
             torch.set_rng_state(rng)
             strategy = Fixed() if final_run else Local(window=total_steps, mode=self.mode)
             tuner = Tuner(model, optimizer, space, train_loss, val_loss, strategy,
-                          None if final_run else hyper_optimizer, val=val, clip_norm=clip_norm)
+                          None if final_run else hyper_optimizer, val=val, clip_norm=clip_norm,
+                          compile=compile)
             before = space.to_dict()
             iterator = batches()
             for _ in range(total_steps):
