@@ -184,3 +184,53 @@ def test_compile_option_selects_the_compiled_engine_for_forward_mode_only():
     eager = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy,
                          glocal.Local(window=2), val=val)
     assert type(eager.engine) is ForwardEngine
+
+
+class _Reckless:
+    """A strategy that asks for an absurd learning rate (log lr + 40) at its first window end."""
+
+    name, window, record_every, mode = "reckless", 2, 2, "forward"
+
+    def estimate(self, trajectory, window_end):
+        return WindowEstimate(hypergradient=torch.full_like(trajectory[-1], -40.0), local=trajectory[-1])
+
+
+def test_divergence_is_detected_and_never_corrupts_model_or_hyperparameters():
+    model, batches, val = make_problem()
+    space = glocal.HyperSpace(lr=glocal.Log(0.05))
+    tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy, _Reckless(),
+                         torch.optim.SGD([space.raw], lr=1.0), val=val, clip_norm=None)
+    tuner.step(batches[0])
+    tuner.step(batches[1])  # window end: lr becomes 0.05 * e^40
+    assert space.to_dict()["lr"] > 1e15
+    good = copy.deepcopy(model.state_dict())  # the model when phi changed
+    blown = tuner.step(batches[2])  # parameters explode (finite): the loss of this step is still fine
+    assert not blown.get("diverged")
+    assert max(v.abs().max().item() for v in model.state_dict().values()) > 1e10
+    record = tuner.step(batches[3])  # the loss explodes: divergence
+    assert record.get("diverged") and tuner.divergences == 1
+    assert space.to_dict()["lr"] == pytest.approx(0.05)  # the update that caused it was reverted
+    assert tuner.reverted_updates == 1 and tuner.history.windows[-1]["reverted"]
+    for k, v in model.state_dict().items():  # model restored to its state when phi changed
+        torch.testing.assert_close(v, good[k], rtol=0, atol=0)
+    tuner.step(batches[4])  # training goes on from the last good state
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_non_finite_step_is_never_applied():
+    """A NaN in the batch gives a NaN loss: the engine skips the step and keeps the model."""
+    model, batches, val = make_problem()
+    space = glocal.HyperSpace(lr=glocal.Log(0.05))
+    tuner = glocal.Tuner(model, glocal.optim.SGD(momentum=0.5), space, F.cross_entropy, F.cross_entropy,
+                         glocal.Local(window=3), val=val)
+    tuner.step(batches[0])
+    before = copy.deepcopy(model.state_dict())
+    x, y = batches[1]
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    record = tuner.step((bad, y))
+    assert record.get("skipped") and tuner.skipped_steps == 1
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    tuner.step(batches[2])
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())

@@ -149,7 +149,9 @@ def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progr
     windows = [_compact_window({k: w.get(k) for k in ("start", "end", "local", "estimate", "fell_back", "reason",
                                                       "skipped")}) for w in tuner.history.windows]
     return {"inner_steps": total, "compute_seconds": compute, "curve": curve, "hparam_trajectory": trajectory,
-            "skipped_updates": tuner.skipped_updates, "fallbacks": tuner.fallbacks, "windows": windows}
+            "skipped_updates": tuner.skipped_updates, "skipped_steps": tuner.skipped_steps,
+            "divergences": tuner.divergences, "reverted_updates": tuner.reverted_updates,
+            "fallbacks": tuner.fallbacks, "windows": windows}
 
 
 def _global(task: Task, settings: Settings, seed: int, progress: Progress | None) -> dict[str, Any]:

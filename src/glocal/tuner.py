@@ -48,7 +48,13 @@ class Tuner:
     as usual), records local hypergradients and, at each window's end, writes the strategy's
     hypergradient into ``space.raw.grad`` and steps ``hyper_optimizer`` (any ``torch.optim``
     optimizer over ``[space.raw]``; default: SGD with lr 0.1). ``val_batch`` may be omitted when
-    ``val`` (a fixed batch or a callable returning one) was given here. ``compile=True`` runs the
+    ``val`` (a fixed batch or a callable returning one) was given here.
+
+    Failures never corrupt the model or phi: a step whose loss or new parameters are not finite is
+    not applied, and a training loss above ``divergence_factor`` times the previous window's mean
+    counts as divergence; either undoes the last phi update and restores the model and inner
+    optimizer state saved when it was made (counted in ``skipped_steps``, ``divergences`` and
+    ``reverted_updates``). ``compile=True`` runs the
     forward-mode step through ``torch.compile`` (2.4-2.6x faster at batch 128 after a cold compile
     of ~10-17 s; SGD/AdamW, models without buffers; see docs/benchmarks.md).
     """
@@ -66,7 +72,10 @@ class Tuner:
         val: Validation | None = None,
         clip_norm: float | None = 1.0,
         compile: bool = False,
+        divergence_factor: float | None = 100.0,
     ) -> None:
+        if divergence_factor is not None and not (divergence_factor > 1 and math.isfinite(divergence_factor)):
+            raise ValueError(f"divergence_factor={divergence_factor!r}: expected a finite number > 1, or None")
         if clip_norm is not None and not (clip_norm > 0 and math.isfinite(clip_norm)):
             raise ValueError(f"clip_norm={clip_norm!r}: expected a finite number > 0, or None for no clipping")
         for name in ("window", "record_every", "mode", "estimate"):
@@ -77,6 +86,7 @@ class Tuner:
         self.strategy = strategy
         self.val = val
         self.clip_norm = clip_norm
+        self.divergence_factor = divergence_factor
         engine_type = {"plain": PlainEngine, "forward": ForwardEngine, "reverse": ReverseEngine}[strategy.mode]
         if compile and strategy.mode == "forward":  # opt-in: torch.compile'd step (limits in its docstring)
             from .hypergrad.compiled import CompiledForwardEngine
@@ -95,6 +105,12 @@ class Tuner:
         self.buffer: list[Tensor] = []
         self.skipped_updates = 0
         self.fallbacks = 0
+        self.reverted_updates = 0
+        #: steps after which training was judged divergent (loss > divergence_factor x the last window's)
+        self.divergences = 0
+        self._reference_loss: float | None = None
+        self._raw_before_update: Tensor | None = None
+        self._snapshot: tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...]] | None = None
 
     # -- reading -----------------------------------------------------------------------------
     @property
@@ -111,10 +127,21 @@ class Tuner:
             raise ValueError("val_batch: required (or pass val= to Tuner) when the strategy tunes")
         if window > 0 and self.steps_in_window == 0:
             self._begin_window()
+        skipped_before = self.engine.skipped_steps
         train_loss = self.engine.step(train_batch)
         self.step_count += 1
         self.history.train_loss.append(train_loss)
         record: dict[str, Any] = {"step": self.step_count, "train_loss": train_loss, "updated": False}
+        if self.engine.skipped_steps > skipped_before:
+            record["skipped"] = True
+            if window > 0:
+                self._recover()
+            return record
+        if window > 0 and self._diverged(train_loss):
+            record["diverged"] = True
+            self.divergences += 1
+            self._recover()
+            return record
         if window == 0:
             return record
         self.steps_in_window += 1
@@ -128,6 +155,40 @@ class Tuner:
             record["updated"] = self._end_window()
         return record
 
+    @property
+    def skipped_steps(self) -> int:
+        """Training steps not applied because the loss or the new parameters were not finite."""
+        return self.engine.skipped_steps
+
+    def _diverged(self, train_loss: float) -> bool:
+        """Training loss far above the mean of the window before the last update (or not finite)."""
+        if self.divergence_factor is None or self._reference_loss is None:
+            return False
+        return not math.isfinite(train_loss) or abs(train_loss) > self.divergence_factor * max(
+            abs(self._reference_loss), 1e-12)
+
+    def _recover(self) -> None:
+        """After a non-finite step: undo the last hyperparameter update (once) and restart the window.
+
+        The non-finite step itself was never applied; the model and inner optimizer state return to
+        their values at the last update (the steps since were taken with the phi that is undone), so
+        model and phi are back at the last state known to train. Everything is counted.
+        """
+        if self._raw_before_update is not None:
+            with torch.no_grad():
+                self.space.raw.copy_(self._raw_before_update)
+            self._raw_before_update = None
+            if self._snapshot is not None:  # steps taken with the bad phi may have blown up (finite) too
+                params, buffers, state = self._snapshot
+                self.engine.fmodel.write_back(params, buffers)
+                self.engine.state = tuple(t.clone() for t in state)
+                self._snapshot = None
+            self.reverted_updates += 1
+            if self.history.windows:
+                self.history.windows[-1]["reverted"] = True
+        self.steps_in_window = 0
+        self.buffer = []
+
     def _begin_window(self) -> None:
         if isinstance(self.engine, ReverseEngine):
             self.engine.begin_window()
@@ -139,6 +200,9 @@ class Tuner:
         """Estimate, check, clip and apply the window's hypergradient; True when phi changed."""
         trajectory = torch.stack(self.buffer)
         entry: dict[str, Any] = {"start": self.step_count - self.steps_in_window, "end": self.step_count}
+        recent = [v for v in self.history.train_loss[-self.steps_in_window:] if math.isfinite(v)]
+        if recent:
+            self._reference_loss = sum(recent) / len(recent)
         try:
             estimate = self.strategy.estimate(trajectory, self.step_count)
         except (RuntimeError, ValueError, ArithmeticError) as error:  # a failed fit never stops training
@@ -171,6 +235,11 @@ class Tuner:
             entry["skipped"] = True
         else:
             entry["skipped"] = False
+            self._raw_before_update = previous
+            fmodel = self.engine.fmodel
+            self._snapshot = (tuple(p.detach().clone() for p in fmodel.parameters()),
+                              tuple(b.detach().clone() for b in fmodel.buffers()),
+                              tuple(t.detach().clone() for t in self.engine.state))
         entry.update(used=hypergradient.tolist(), norm=norm, hparams=self.space.to_dict())
         self.history.windows.append(entry)
         return not entry["skipped"]
@@ -191,6 +260,11 @@ class Tuner:
             "buffer": [b.clone() for b in self.buffer],
             "skipped_updates": self.skipped_updates,
             "fallbacks": self.fallbacks,
+            "reverted_updates": self.reverted_updates,
+            "divergences": self.divergences,
+            "reference_loss": self._reference_loss,
+            "skipped_steps": self.engine.skipped_steps,
+            "raw_before_update": None if self._raw_before_update is None else self._raw_before_update.clone(),
             "history": self.history.state_dict(),
             "rng": torch.get_rng_state(),
         }
@@ -213,6 +287,12 @@ class Tuner:
         self.buffer = [b.clone() for b in state["buffer"]]
         self.skipped_updates = state["skipped_updates"]
         self.fallbacks = state["fallbacks"]
+        self.reverted_updates = state.get("reverted_updates", 0)
+        self.divergences = state.get("divergences", 0)
+        self._reference_loss = state.get("reference_loss")
+        self.engine.skipped_steps = state.get("skipped_steps", 0)
+        before = state.get("raw_before_update")
+        self._raw_before_update = None if before is None else before.clone()
         self.history.load_state_dict(state["history"])
         if isinstance(self.engine, ForwardEngine) and "tangent_params" in state:
             self.engine.set_tangents(tuple(state["tangent_params"]), tuple(state["tangent_state"]))

@@ -102,6 +102,8 @@ class CompiledForwardEngine(ForwardEngine):
             new_p, new_s, tp, ts, loss = self._compiled(
                 params, tuple(self.state), tuple(self.tangent_params), tuple(self.tangent_state), raw, eye, step,
                 frozen, x, tuple(rest))
+        if not self._accept(loss, tuple(new_p)):
+            return float(loss)
         self.state = tuple(new_s)
         self.tangent_params, self.tangent_state = tuple(tp), tuple(ts)
         self._packed_params = self._packed_state = self._packed_grads = None

@@ -47,6 +47,21 @@ class Engine:
         self.device = params[0].device
         self.state: tuple[Tensor, ...] = optimizer.init(params, tuned=space.names)
         self.step_count = 0
+        #: steps not applied because the loss or the new parameters were not finite
+        self.skipped_steps = 0
+
+    def _accept(self, loss: Tensor, new_params: tuple[Tensor, ...]) -> bool:
+        """Whether a step may be applied: a non-finite loss or parameter is never written into the model.
+
+        A rejected step leaves parameters, optimizer state and tangents as they were, undoes the step
+        count and is counted in ``skipped_steps`` (one reduction, no per-tensor synchronisation).
+        """
+        total = loss.detach().reshape(()) + sum(p.detach().sum() for p in new_params)
+        if bool(torch.isfinite(total)):
+            return True
+        self.step_count -= 1
+        self.skipped_steps += 1
+        return False
 
     @property
     def q(self) -> int:

@@ -146,6 +146,9 @@ class ForwardEngine(Engine):
             new_params, new_state, t_params, t_state = self._update_flat(detached, grad_params, tangent_grads)
         else:
             new_params, new_state, t_params, t_state = self._update_vmap(detached, grad_params, tangent_grads)
+        if not self._accept(loss, new_params):
+            self._packed_params = self._packed_state = None
+            return float(loss.detach())
         self.state = new_state
         self.tangent_params, self.tangent_state = t_params, t_state
         self._tangents_zero = False

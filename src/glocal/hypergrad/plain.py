@@ -27,9 +27,12 @@ class PlainEngine(Engine):
         grads = torch.autograd.grad(loss, params)
         self.step_count += 1
         with torch.no_grad():
-            new_params, self.state = self.optimizer.update(
+            new_params, new_state = self.optimizer.update(
                 tuple(p.detach() for p in params), self.state, grads, hparams, self.step_count
             )
+        if not self._accept(loss, new_params):
+            return float(loss.detach())
+        self.state = new_state
         self.fmodel.write_back(new_params, buffers)
         return float(loss.detach())
 

@@ -48,7 +48,10 @@ class ReverseEngine(Engine):
         loss = call_loss(self.train_loss, output, rest, hparams if self.loss_uses_hparams else None)
         grads = torch.autograd.grad(loss, self.params, create_graph=True)
         self.step_count += 1
-        self.params, self.state = self.optimizer.update(self.params, self.state, grads, hparams, self.step_count)
+        new_params, new_state = self.optimizer.update(self.params, self.state, grads, hparams, self.step_count)
+        if not self._accept(loss, new_params):
+            return float(loss.detach())
+        self.params, self.state = new_params, new_state
         self.unrolled += 1
         self.fmodel.write_back(tuple(p.detach() for p in self.params), buffers)
         return float(loss.detach())
