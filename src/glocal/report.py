@@ -70,17 +70,14 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_STRATEGY_ORDER = ("fixed", "local", "glocal", "global", "grid")
 _LINESTYLES = ("-", "--", ":", "-.")
 
 
-def _style(record: dict[str, Any]) -> dict[str, Any]:
-    """One colour per strategy, one line style per seed, so that many runs stay readable."""
-    strategy = str(record["strategy"])
-    index = _STRATEGY_ORDER.index(strategy) if strategy in _STRATEGY_ORDER else len(_STRATEGY_ORDER) + (
-        sum(map(ord, strategy)) % 5)
-    return {"color": f"C{index % 10}", "linestyle": _LINESTYLES[int(record.get("seed", 0)) % len(_LINESTYLES)],
-            "label": f"{strategy} (seed {record.get('seed', 0)})"}
+def _style(record: dict[str, Any], colours: dict[str, str]) -> dict[str, Any]:
+    """One colour per strategy (``colours``), one line style per seed, so that many runs stay readable."""
+    seed = int(record.get("seed", 0))
+    return {"color": colours[str(record["strategy"])], "linestyle": _LINESTYLES[seed % len(_LINESTYLES)],
+            "label": f"{record['strategy']} (seed {seed})"}
 
 
 def _legend(ax: Any) -> None:
@@ -98,11 +95,13 @@ def _plots(out: Path, records: Sequence[dict[str, Any]]) -> list[str]:
     except ImportError:
         return []
     written = []
+    strategies = list(dict.fromkeys(str(r["strategy"]) for r in records))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(strategies)}
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in records:
         if r.get("curve"):
             xs, ys = zip(*r["curve"], strict=True)
-            ax.plot(xs, ys, **_style(r))
+            ax.plot(xs, ys, **_style(r, colours))
     ax.set_xlabel("inner training steps executed (restarts included)")
     ax.set_ylabel("validation loss")
     ax.set_xscale("log")
@@ -121,7 +120,7 @@ def _plots(out: Path, records: Sequence[dict[str, Any]]) -> list[str]:
                 traj = [(t["step"], t[name]) for t in r.get("hparam_trajectory", []) if name in t]
                 if len(traj) > 1:
                     xs, ys = zip(*traj, strict=True)
-                    ax.step(xs, ys, where="post", **_style(r))
+                    ax.step(xs, ys, where="post", **_style(r, colours))
             ax.set_yscale("log")
             ax.set_title(name)
             ax.set_xlabel("inner steps executed")

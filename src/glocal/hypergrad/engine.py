@@ -71,23 +71,24 @@ class Engine:
         """The current raw hyperparameters, detached, in the model's dtype and device."""
         return self.space.raw.detach().to(dtype=self.dtype, device=self.device)
 
-    def validation_gradient(self, val: Validation) -> tuple[float, tuple[Tensor, ...]]:
-        """Validation loss at the model's current parameters (eval mode) and its gradient."""
+    def validation_objective(self, val: Validation, params: tuple[Tensor, ...]) -> Tensor:
+        """L_val at ``params`` (eval mode, buffers copied), as a graph-carrying scalar tensor."""
         batch = val() if callable(val) else val
         x, rest = split_batch(batch, "val_batch")
-        params = tuple(p.detach().requires_grad_(True) for p in self.fmodel.parameters())
         buffers = tuple(b.detach().clone() for b in self.fmodel.buffers())
         with self.fmodel.mode(False):
             output = self.fmodel(params, buffers, x)
-        loss = call_loss(self.val_loss, output, rest, None)
+        return call_loss(self.val_loss, output, rest, None)
+
+    def validation_gradient(self, val: Validation) -> tuple[float, tuple[Tensor, ...]]:
+        """Validation loss at the model's current parameters (eval mode) and its gradient."""
+        params = tuple(p.detach().requires_grad_(True) for p in self.fmodel.parameters())
+        loss = self.validation_objective(val, params)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True))
         return float(loss.detach()), grads
 
     def validation_loss(self, val: Validation) -> float:
         """Validation loss at the model's current parameters (eval mode, no gradient)."""
-        batch = val() if callable(val) else val
-        x, rest = split_batch(batch, "val_batch")
-        with torch.no_grad(), self.fmodel.mode(False):
-            output = self.fmodel(self.fmodel.parameters(), tuple(b.clone() for b in self.fmodel.buffers()), x)
-            return float(call_loss(self.val_loss, output, rest, None))
+        with torch.no_grad():
+            return float(self.validation_objective(val, self.fmodel.parameters()))

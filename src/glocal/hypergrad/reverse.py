@@ -58,12 +58,7 @@ class ReverseEngine(Engine):
 
     def hypergradient(self, val: Validation, retain_graph: bool = True) -> tuple[float, Tensor]:
         """(L_val(theta_t), d L_val(theta_t)/d raw since ``begin_window``), by back-propagation."""
-        batch = val() if callable(val) else val
-        x, rest = split_batch(batch, "val_batch")
-        buffers = tuple(b.detach().clone() for b in self.fmodel.buffers())
-        with self.fmodel.mode(False):
-            output = self.fmodel(self.params, buffers, x)
-        loss = call_loss(self.val_loss, output, rest, None)
+        loss = self.validation_objective(val, self.params)
         if self.unrolled == 0:
             return float(loss.detach()), torch.zeros_like(self.space.raw, requires_grad=False)
         (h,) = torch.autograd.grad(loss, self.raw_leaf, retain_graph=retain_graph, allow_unused=True)

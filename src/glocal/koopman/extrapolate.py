@@ -201,15 +201,15 @@ def _extrapolate(
     trajectory: Any,
     steps: int | None,
     *,
-    model: str = "affine",
-    delay: int | None = None,
-    rank: int | None = None,
-    max_modulus: float = 1.0,
-    eig_tol: float = 1e-2,
-    fallback: str = "holdout",
-    holdout_fraction: float = 0.2,
+    model: str,
+    delay: int | None,
+    rank: int | None,
+    max_modulus: float,
+    eig_tol: float,
+    fallback: str,
+    holdout_fraction: float,
 ) -> Estimate:
-    """Implementation of :func:`extrapolate` (arguments as there)."""
+    """Implementation of :func:`extrapolate` (arguments and their defaults as there)."""
     x, is_torch = _as_2d(trajectory)
     n, q = x.shape
     if steps is not None:
