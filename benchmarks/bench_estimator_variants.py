@@ -1,6 +1,6 @@
 """Estimator variants that were tried and NOT kept as options, measured like `glocal bench estimator`.
 
-Same protocol as ``glocal.estimator_bench`` (true global hypergradient from each window start,
+Same protocol as ``glocal_bench.estimator_bench`` (true global hypergradient from each window start,
 8 starts, windows 100 and 200, records every 10 steps, lr a tenth of the task default), on the same
 trajectories for every variant:
 
@@ -20,9 +20,9 @@ import statistics
 import torch
 from torch import Tensor
 
-from glocal import tasks
-from glocal.estimator_bench import BenchConfig, trajectory_from
 from glocal.koopman import extrapolate
+from glocal_bench import tasks
+from glocal_bench.estimator_bench import BenchConfig, trajectory_from
 
 
 def _affine(w: Tensor, ahead: int, **options) -> Tensor:

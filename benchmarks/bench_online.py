@@ -2,7 +2,7 @@
 
 Every repeat runs the three strategies back to back on the same task and seed (interleaved, so
 that load on the machine hits all three alike), one thread, and reports the median time per run
-and the ratios to Local and to Fixed. The run is ``glocal.experiment.run`` without curve
+and the ratios to Local and to Fixed. The run is ``glocal_bench.experiment.run`` without curve
 evaluations, i.e. what a user's loop pays.
 
     .venv/bin/python benchmarks/bench_online.py --task mnist1d-mlp --repeats 3 --out benchmarks/results/online.json
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from glocal.experiment import Settings, run
+from glocal_bench.experiment import Settings, run
 
 STRATEGIES = ("fixed", "local", "glocal")
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/online.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from glocal import tasks
+    from glocal_bench import tasks
 
     lr = tasks.make(args.task, seed=0).space.to_dict()["lr"]
     settings = Settings(init={"lr": lr * args.lr_factor}, steps=args.steps, curve_points=1)

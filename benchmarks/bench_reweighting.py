@@ -1,7 +1,7 @@
 """Data reweighting benchmark: per-class (mnist1d-imbalanced) and per-sample (mnist1d-noisy) loss weights.
 
 For each task and seed it runs Fixed (uniform weights), Local, Glocal and Global through
-``glocal.experiment.run`` with the task's recommended settings (``glocal.tasks.reweighting.RECOMMENDED``),
+``glocal_bench.experiment.run`` with the task's recommended settings (``glocal_bench.tasks.reweighting.RECOMMENDED``),
 plus, on mnist1d-imbalanced, the untuned inverse-class-frequency weighting as a reference. It
 also measures the cost of reverse mode on mnist1d-noisy: a plain step, a step that records the
 graph, one backward pass through j unrolled steps, and the bytes the graph saves per step.
@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 
-from glocal import Tuner, experiment, tasks
-from glocal.experiment import Settings
+from glocal import Tuner
 from glocal.hypergrad import PlainEngine, ReverseEngine
 from glocal.strategies import Fixed
-from glocal.tasks.reweighting import RECOMMENDED, REWEIGHTING_TASKS
+from glocal_bench import experiment, tasks
+from glocal_bench.experiment import Settings
+from glocal_bench.tasks.reweighting import RECOMMENDED, REWEIGHTING_TASKS
 
 RESULTS = Path(__file__).parent / "results"
 MACHINE = "2-core CPU, torch {torch} CPU, 1 thread"

@@ -4,7 +4,7 @@ Runs (or reads) ``glocal search --inner fixed,local,glocal --baselines`` and tab
 method and budget (in plain-run units), the best final validation loss reached, mean over seeds,
 with the wall time it took; and the smallest budget at which each search comes within 3% of the
 grid oracle. Smaller budgets are read off the budget-16 studies: a study with a smaller budget is
-exactly a prefix of the larger one (``glocal.search.best_within``, tested).
+exactly a prefix of the larger one (``glocal_bench.search.best_within``, tested).
 
     python benchmarks/bench_search.py                      # runs the study (about 30-40 min, 1 thread)
     python benchmarks/bench_search.py --from runs/search-bench   # only tabulates an earlier run
@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from glocal import search
-from glocal.cli import main as glocal_main
+from glocal_bench import search
+from glocal_bench.cli import main as glocal_main
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = (1, 2, 3, 4, 6, 8, 12, 16)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from glocal.cli import main
+from glocal_bench.cli import main
 
 REQUIRED = {"strategy", "seed", "final_val_loss", "test_loss", "inner_steps", "wall_seconds", "hparams",
             "skipped_updates", "fallbacks"}
@@ -44,7 +44,7 @@ def test_bad_arguments_give_one_line_and_exit_2(argv, fragment, capsys):
 
 
 def test_bad_arguments_through_the_installed_entry_point():
-    result = subprocess.run([sys.executable, "-m", "glocal.cli", "run", "--task", "x", "--strategy", "local"],
+    result = subprocess.run([sys.executable, "-m", "glocal_bench.cli", "run", "--task", "x", "--strategy", "local"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
@@ -81,7 +81,7 @@ def test_compare_counts_the_cost_of_restarts(tmp_path):
 
 
 def test_flags_override_task_recommended_settings():
-    from glocal.cli import _settings, build_parser
+    from glocal_bench.cli import _settings, build_parser
 
     parse = build_parser().parse_args
     noisy = _settings(parse(["run", "--task", "mnist1d-noisy", "--strategy", "local"]))

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import glocal
-from glocal import estimator_bench, tasks
-from glocal.cli import main
+from glocal_bench import estimator_bench, tasks
+from glocal_bench.cli import main
 
 
 def test_truth_is_the_exact_hypergradient_from_the_window_start():

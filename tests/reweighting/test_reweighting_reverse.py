@@ -11,7 +11,7 @@ from torch import nn
 
 import glocal
 from glocal.losses import SampleWeightedCrossEntropy
-from glocal.tasks.base import cross_entropy
+from glocal_bench.tasks.base import cross_entropy
 
 N, BATCH, CLASSES = 16, 4, 3
 

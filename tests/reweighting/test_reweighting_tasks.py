@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from glocal import experiment, tasks
-from glocal.tasks.reweighting import (
+from glocal_bench import experiment, tasks
+from glocal_bench.tasks.reweighting import (
     REWEIGHTING_TASKS,
     corrupted_mask,
     long_tail_counts,
@@ -85,7 +85,7 @@ def test_experiment_record_carries_task_metrics_and_stays_small(tmp_path):
     assert len(record["hparams"]["sample_weights"]) == 3000
     text = json.dumps(record)
     assert len(text) < 200_000
-    from glocal import report
+    from glocal_bench import report
 
     report.write_report(tmp_path, [record], "noisy")  # the plots cope with q = 3000
     assert (tmp_path / "report.md").exists()

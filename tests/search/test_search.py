@@ -1,4 +1,4 @@
-"""glocal.search: search space, budget accounting, reproducibility, resume, records and the CLI."""
+"""glocal_bench.search: search space, budget accounting, reproducibility, resume, records and the CLI."""
 
 import json
 import math
@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("optuna")
 
-from glocal import experiment, search
-from glocal.cli import main
-from glocal.experiment import Settings
+from glocal_bench import experiment, search
+from glocal_bench.cli import main
+from glocal_bench.experiment import Settings
 
 TINY = Settings(steps=40, window=10)
 REQUIRED = {"strategy", "seed", "final_val_loss", "test_loss", "inner_steps", "wall_seconds", "hparams",

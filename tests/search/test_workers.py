@@ -12,14 +12,14 @@ import pytest
 
 pytest.importorskip("optuna")
 
-from glocal import search
-from glocal.experiment import Settings
+from glocal_bench import search
+from glocal_bench.experiment import Settings
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _worker(storage: str, out: Path, *extra: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "glocal.cli", "search", "--task", "quadratic", "--inner", "local",
+    argv = [sys.executable, "-m", "glocal_bench.cli", "search", "--task", "quadratic", "--inner", "local",
             "--storage", storage, "--study-name", "shared", "--out", str(out), "--threads", "1", "--quiet", *extra]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 

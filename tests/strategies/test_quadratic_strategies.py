@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import glocal
-from glocal import tasks
+from glocal_bench import tasks
 
 WINDOW, HYPER_LR, OUTER = 50, 1.0, 5
 INIT = {"lr": 0.3, "weight_decay": 1e-4}

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from glocal import tasks
 from glocal.hypergrad import ForwardEngine
-from glocal.tasks.quadratic import QuadraticProblem, gd_weights, ridge_solution, validation_loss
+from glocal_bench import tasks
+from glocal_bench.tasks.quadratic import QuadraticProblem, gd_weights, ridge_solution, validation_loss
 
 
 def train(task, steps, momentum=0.0):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import glocal
-from glocal import tasks
-from glocal.tasks.reweighting import REWEIGHTING_TASKS
+from glocal_bench import tasks
+from glocal_bench.tasks.reweighting import REWEIGHTING_TASKS
 
 #: small overrides so every task builds and evaluates quickly
 SMALL = {"mnist1d-mlp-large": {"num_train": 3000}, "mnist1d-mlp-large-adamw": {"num_train": 3000}}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from glocal import tasks
+from glocal_bench import tasks
 
 
 def run(task, steps):

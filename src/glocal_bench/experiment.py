@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
+from glocal.strategies import Fixed, Global, Glocal, Local
+from glocal.tuner import Tuner
+
 from . import tasks
-from .strategies import Fixed, Global, Glocal, Local
 from .tasks.base import Task
-from .tuner import Tuner
 
 STRATEGIES = ("fixed", "local", "glocal", "global", "grid")
 
@@ -207,7 +208,7 @@ def run(name: str, strategy: str, seed: int = 0, settings: Settings | None = Non
     """Run ``strategy`` on task ``name`` and return its result record (see module docstring).
 
     ``on_curve(step, val_loss)`` (fixed/local/glocal only) is called at every curve point; an
-    exception it raises stops the run and propagates (used by ``glocal.search`` to prune).
+    exception it raises stops the run and propagates (used by ``glocal_bench.search`` to prune).
     """
     settings = settings or Settings()
     if strategy not in STRATEGIES:

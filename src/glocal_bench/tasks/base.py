@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..optim import SGD, AdamW
-from ..space import HyperSpace, Log, Logit
+from glocal.optim import SGD, AdamW
+from glocal.space import HyperSpace, Log, Logit
 
 __all__ = [
     "Split",

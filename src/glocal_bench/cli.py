@@ -244,11 +244,11 @@ def _preflight(task: str, settings: Settings) -> None:
         built = experiment.build_task(task, 0, settings)
         settings.validate(built.total_steps)
         if settings.compile and built.mode == "forward":
-            from .hypergrad.compiled import CompiledForwardEngine
+            from glocal.hypergrad.compiled import CompiledForwardEngine
 
             CompiledForwardEngine(built.model, built.optimizer, built.space, built.train_loss, built.val_loss)
         if settings.record_every is not None:
-            from .strategies import Glocal
+            from glocal.strategies import Glocal
 
             Glocal(window=settings.window, total_steps=built.total_steps, record_every=settings.record_every)
     except ValueError as error:

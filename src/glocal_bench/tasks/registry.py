@@ -129,7 +129,7 @@ register("mnist1d-noisy", make_noisy,
 
 
 def recommended_settings(name: str) -> dict[str, Any]:
-    """Tuning settings (``glocal.experiment.Settings`` fields) a task was benchmarked with, if any.
+    """Tuning settings (``glocal_bench.experiment.Settings`` fields) a task was benchmarked with, if any.
 
     The command line uses them where the user gave no flag: e.g. per-sample loss weights need a
     per-coordinate hyper-optimizer (Adam), which the default plain SGD on a clipped hypergradient

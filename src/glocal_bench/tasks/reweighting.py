@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..losses import ClassWeightedCrossEntropy, SampleWeightedCrossEntropy
-from ..optim import SGD
-from ..space import HyperSpace, Log, Logit
+from glocal.losses import ClassWeightedCrossEntropy, SampleWeightedCrossEntropy
+from glocal.optim import SGD
+from glocal.space import HyperSpace, Log, Logit
+
 from .base import Task, cross_entropy, seeded_init, to_split
 from .mnist1d import MLP, mnist1d_arrays
 

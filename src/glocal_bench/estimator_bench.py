@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from glocal.hypergrad import ForwardEngine, PlainEngine
+from glocal.koopman import extrapolate
+
 from . import tasks
-from .hypergrad import ForwardEngine, PlainEngine
-from .koopman import extrapolate
 
 Variant = Callable[[Tensor, int, int, int], tuple[Tensor, bool]]
 

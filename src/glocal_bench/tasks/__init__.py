@@ -1,6 +1,6 @@
 """Benchmark problems for online hyperparameter tuning, built reproducibly from a seed.
 
-``glocal.tasks.make("mnist1d-mlp", seed=0)`` returns a :class:`Task`: a fresh model, the
+``glocal_bench.tasks.make("mnist1d-mlp", seed=0)`` returns a :class:`Task`: a fresh model, the
 differentiable inner optimizer, the HyperSpace to tune, fixed train/val/test splits, losses,
 batching and evaluation. ``names()`` lists the tasks and ``describe()`` says what each one is.
 """

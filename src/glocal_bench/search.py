@@ -54,7 +54,7 @@ def _optuna() -> Any:
     try:
         import optuna
     except ImportError as error:  # pragma: no cover - optuna is in the dev extra
-        raise ImportError("glocal.search needs optuna: pip install 'glocal[search]'") from error
+        raise ImportError("glocal_bench.search needs optuna: pip install 'glocal[search]'") from error
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 
