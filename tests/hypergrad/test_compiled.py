@@ -32,6 +32,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_compiled_matches_eager(case):
     make_optimizer, make_space = CASES[case]
@@ -53,6 +54,7 @@ def test_compiled_matches_eager(case):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12 * float(expected.abs().max()))
 
 
+@pytest.mark.slow
 def test_compiled_rejects_buffers_and_hparam_losses():
     space = glocal.HyperSpace(dtype=DT, lr=glocal.Log(0.1))
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).to(DT)
