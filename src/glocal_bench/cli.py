@@ -124,8 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--task", required=True, help="task name (see `glocal tasks`)")
     search.add_argument("--inner", default="glocal",
                         help="comma-separated, from fixed,local,glocal (fixed: plain Optuna TPE); default glocal")
-    search.add_argument("--budget-runs", type=_positive_float, default=8.0,
-                        help="total work per study in plain training runs (inner steps / T); default 8")
+    search.add_argument("--budget-runs", type=_positive_float, default=None,
+                        help="total work per study in plain training runs (inner steps / T); default 8 unless "
+                        "--budget-seconds is given")
+    search.add_argument("--budget-seconds", type=_positive_float, default=None,
+                        help="total wall time per study in seconds (sum over its trials); a running trial is "
+                        "stopped when it runs out. With --budget-runs too, whichever is spent first ends the study")
     search.add_argument("--seed", type=int, default=0, help="study seed: sampler and training (default 0)")
     search.add_argument("--seeds", type=_positive_int, default=1, help="number of studies, seeds SEED..SEED+N-1")
     search.add_argument("--storage", default=None, metavar="URL",
@@ -335,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -> int:
     """``glocal search``: one study per inner strategy and seed, optional baselines, frontier report."""
+    if args.budget_runs is None and args.budget_seconds is None:
+        args.budget_runs = 8.0
     from . import search
 
     inners = [s.strip() for s in args.inner.split(",") if s.strip()]
@@ -363,14 +369,14 @@ def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -
                 result = search.run_search(
                     args.task, inner, args.budget_runs, seed, storage, name, args.pruner, settings, args.spread,
                     args.tune_hyper_lr, args.startup_trials, args.heartbeat, on_trial=show,
-                    start_at_defaults=not args.random_start)
+                    start_at_defaults=not args.random_start, budget_seconds=args.budget_seconds)
                 records.append(result.record())
     except search.SearchError as error:
         raise UsageError(f"glocal: {error}") from None
     if args.baselines:
         records += _execute(args.task, ("grid", "local", "glocal"), seeds, settings, args.quiet)
     _finish(records, out, f"search on {args.task}", argv)
-    search.append_frontier_report(out, records, args.budget_runs)
+    search.append_frontier_report(out, records, args.budget_runs, args.budget_seconds)
     return 0
 
 

@@ -1,7 +1,7 @@
 """One tuning run of a registered task with a named strategy, as a result record.
 
 This is what ``glocal run``, ``compare`` and ``demo`` execute. A record holds the final metrics,
-the cost (all inner steps executed, restarts included, and wall time), the final
+the cost (all inner steps executed, restarts included, wall time and CPU time), the final
 hyperparameters, the validation-loss curve against inner steps executed, the hyperparameter
 trajectory and, for online strategies, the per-window local and used hypergradients.
 """
@@ -213,7 +213,7 @@ def run(name: str, strategy: str, seed: int = 0, settings: Settings | None = Non
     settings = settings or Settings()
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     if strategy == "grid":
         task, part = _grid(name, seed, settings, progress)
     else:
@@ -229,6 +229,8 @@ def run(name: str, strategy: str, seed: int = 0, settings: Settings | None = Non
         "final_val_loss": metrics["val_loss"],
         "test_loss": metrics["test_loss"],
         "wall_seconds": time.perf_counter() - started,
+        # CPU seconds of this process: unlike wall time, not inflated by other jobs on a shared machine
+        "cpu_seconds": time.process_time() - cpu_started,
         "hparams": task.space.to_dict(),
         "total_steps": task.total_steps,
     }

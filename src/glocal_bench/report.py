@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SUMMARY_KEYS = ("final_val_loss", "test_loss", "test_accuracy", "inner_steps", "wall_seconds")
+SUMMARY_KEYS = ("final_val_loss", "test_loss", "test_accuracy", "inner_steps", "wall_seconds", "cpu_seconds")
 #: the hypergradient plot shows at most this many components (vector hyperparameters can have thousands)
 MAX_PLOTTED_HYPERGRADIENTS = 6
 

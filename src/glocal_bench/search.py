@@ -13,7 +13,11 @@ several workers (an embedded SQLite file, or any RDB URL).
 Cost is counted in *units of one plain training run* (inner steps / T): a pruned trial counts for
 the steps it ran. Trials start only while the study's committed cost (finished trials plus one
 unit per running trial) is below ``budget_runs``, so the budget is never exceeded by more than one
-trial. Trial ``n`` samples with a TPE seeded from (seed, n) and trains with the task seed ``seed``,
+trial. A wall-time budget (``budget_seconds``) counts the trials' wall seconds instead (finished
+trials plus the time running ones have taken so far; with several workers, worker-seconds): no trial
+starts once it is spent, and a running trial is stopped at its next report when it runs out (an
+online-tuned trial costs one unit but several times a fixed one's wall time). Trial ``n`` samples
+with a TPE seeded from (seed, n) and trains with the task seed ``seed``,
 so a study is reproducible from its seed; a trial interrupted (Ctrl-C, or a killed worker whose
 heartbeat went stale) is re-queued with the same parameters and costs nothing against the budget.
 """
@@ -247,6 +251,8 @@ class SearchResult:
     dimensions: list[Dimension]
     trials: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
+    #: the wall-time budget in seconds, if one was given
+    budget_seconds: float | None = None
 
     @property
     def spent_runs(self) -> float:
@@ -270,6 +276,8 @@ class SearchResult:
         return {
             "study_name": self.study_name, "storage": self.storage, "inner": self.inner, "pruner": self.pruner,
             "budget_runs": self.budget_runs, "spent_runs": self.spent_runs,
+            "budget_seconds": self.budget_seconds,
+            "spent_seconds": sum(t["wall_seconds"] for t in self.trials if t["state"] in ("COMPLETE", "PRUNED")),
             "interrupted_runs": self.interrupted_runs,
             "n_trials": len(self.trials), "n_complete": states.count("COMPLETE"),
             "n_pruned": states.count("PRUNED"), "n_failed": states.count("FAIL"),
@@ -371,6 +379,12 @@ def _committed(trials: Sequence[Any], total: int, before: int | None = None) -> 
     return cost
 
 
+def _spent_seconds(trials: Sequence[Any], before: int | None = None) -> float:
+    """Wall seconds of the finished trials plus those the running ones have reported so far."""
+    return sum(float(t.user_attrs.get("wall_seconds", 0.0)) for t in trials
+               if (before is None or t.number < before) and t.state.name in ("COMPLETE", "PRUNED", "RUNNING"))
+
+
 def _requeue(study: Any, trial: Any) -> None:
     """Re-queue an interrupted (Ctrl-C, or stale: its worker died) trial with its parameters, once."""
     if trial.user_attrs.get("reason") is not None or not trial.params:
@@ -387,11 +401,12 @@ def _study_config(task: str, inner: str, seed: int, settings: Settings, dims: Se
             "dimensions": [asdict(d) for d in dims]}
 
 
-def run_search(task: str, inner: str = "glocal", budget_runs: float = 8, seed: int = 0, storage: str | None = None,
-               study_name: str | None = None, pruner: str = "median", settings: Settings | None = None,
+def run_search(task: str, inner: str = "glocal", budget_runs: float | None = 8, seed: int = 0,
+               storage: str | None = None, study_name: str | None = None, pruner: str = "median",
+               settings: Settings | None = None,
                spread: float = 30.0, tune_hyper_lr: bool = False, startup_trials: int = 4,
                heartbeat: int | None = HEARTBEAT, on_trial: Callable[[dict[str, Any]], None] | None = None,
-               start_at_defaults: bool = True) -> SearchResult:
+               start_at_defaults: bool = True, budget_seconds: float | None = None) -> SearchResult:
     """Run (or resume, or join) the study and return its result (see the module docstring).
 
     ``storage``: None (in memory) or a database URL such as ``sqlite:///runs/search/study.db``; the
@@ -399,7 +414,8 @@ def run_search(task: str, inner: str = "glocal", budget_runs: float = 8, seed: i
     been created with the same configuration. ``settings`` are the inner runs' (window, hyper-lr,
     steps, init = the centre of the search space...). ``on_trial`` gets each finished trial's summary.
     ``start_at_defaults``: trial 0 runs the centre of the space (the task's defaults, or ``init``)
-    rather than a random draw.
+    rather than a random draw. ``budget_seconds``: a wall-time budget, alone (``budget_runs=None``)
+    or with the budget in runs (whichever is spent first ends the study).
     """
     optuna = _optuna()
     from optuna.trial import TrialState
@@ -407,8 +423,14 @@ def run_search(task: str, inner: str = "glocal", budget_runs: float = 8, seed: i
     settings = settings or Settings()
     if inner not in INNER:
         raise SearchError(f"inner={inner!r}: expected one of {', '.join(INNER)}")
-    if not (budget_runs > 0 and math.isfinite(budget_runs)):
+    if budget_runs is None and budget_seconds is None:
+        raise SearchError("budget_runs and budget_seconds are both None: give at least one budget")
+    if budget_runs is not None and not (budget_runs > 0 and math.isfinite(budget_runs)):
         raise SearchError(f"budget_runs={budget_runs}: expected a finite number > 0")
+    if budget_seconds is not None and not (budget_seconds > 0 and math.isfinite(budget_seconds)):
+        raise SearchError(f"budget_seconds={budget_seconds}: expected a finite number > 0")
+    runs_cap = math.inf if budget_runs is None else budget_runs
+    seconds_cap = math.inf if budget_seconds is None else budget_seconds
     if startup_trials < 1:
         raise SearchError(f"startup_trials={startup_trials}: expected an integer >= 1")
     probe = experiment.build_task(task, seed, settings)
@@ -438,7 +460,9 @@ def run_search(task: str, inner: str = "glocal", budget_runs: float = 8, seed: i
 
     def objective(trial: optuna.Trial) -> float:
         current["number"] = trial.number
-        if _committed(study.get_trials(deepcopy=False), total, before=trial.number) >= budget_runs:
+        earlier = study.get_trials(deepcopy=False)
+        if (_committed(earlier, total, before=trial.number) >= runs_cap
+                or _spent_seconds(earlier, before=trial.number) >= seconds_cap):
             trial.set_user_attr("reason", "budget")  # lost the race for the last budget: pruned at step 0
             raise optuna.TrialPruned
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -449,10 +473,15 @@ def run_search(task: str, inner: str = "glocal", budget_runs: float = 8, seed: i
                                                 else {})})
         run_settings = replace(settings, init=init, hyper_lr=hyper_lr, curve_points=points)
         started = time.perf_counter()
+        spent_before = _spent_seconds(study.get_trials(deepcopy=False), before=trial.number)
 
         def on_curve(step: int, val_loss: float) -> None:
             trial.set_user_attr("steps", step)
-            trial.set_user_attr("wall_seconds", time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            trial.set_user_attr("wall_seconds", elapsed)
+            if spent_before + elapsed >= seconds_cap and step < total:
+                trial.set_user_attr("reason", "budget")  # the wall-time budget ran out during this trial
+                raise optuna.TrialPruned
             if not math.isfinite(val_loss):
                 trial.set_user_attr("reason", "diverged")
                 raise optuna.TrialPruned
@@ -482,7 +511,11 @@ def run_search(task: str, inner: str = "glocal", budget_runs: float = 8, seed: i
             optuna.storages.fail_stale_trials(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         _requeue(study, t)  # trials interrupted by Ctrl-C in an earlier session
-    while _committed(study.get_trials(deepcopy=False), total) < budget_runs:
+    def remaining() -> bool:
+        trials = study.get_trials(deepcopy=False)
+        return _committed(trials, total) < runs_cap and _spent_seconds(trials) < seconds_cap
+
+    while remaining():
         current.clear()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -490,11 +523,12 @@ def run_search(task: str, inner: str = "glocal", budget_runs: float = 8, seed: i
         if "number" not in current:
             break
         last = study.get_trials(deepcopy=False)[current["number"]]
+        if on_trial is not None and (last.user_attrs.get("reason") != "budget" or last.user_attrs.get("steps")):
+            on_trial(_trial_summary(last, total))
         if last.user_attrs.get("reason") == "budget":
             break
-        if on_trial is not None:
-            on_trial(_trial_summary(last, total))
-    return _result(study, task, inner, seed, name, storage, budget_runs, pruner, dims, total)
+    return _result(study, task, inner, seed, name, storage, math.nan if budget_runs is None else budget_runs,
+                   pruner, dims, total, budget_seconds)
 
 
 def load_search(task: str, inner: str, seed: int, storage: str, study_name: str | None = None,
@@ -511,10 +545,10 @@ def load_search(task: str, inner: str, seed: int, storage: str, study_name: str 
 
 
 def _result(study: Any, task: str, inner: str, seed: int, name: str, storage: str | None, budget: float,
-            pruner: str, dims: list[Dimension], total: int) -> SearchResult:
+            pruner: str, dims: list[Dimension], total: int, budget_seconds: float | None = None) -> SearchResult:
     frozen = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     result = SearchResult(task=task, inner=inner, seed=seed, study_name=name, storage=_mask(storage),
-                          budget_runs=budget, pruner=pruner, dimensions=dims,
+                          budget_runs=budget, pruner=pruner, dimensions=dims, budget_seconds=budget_seconds,
                           trials=[_trial_summary(t, total) for t in frozen])
     complete = [t for t in frozen if t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value)]
     if complete:
@@ -547,6 +581,16 @@ def frontier_points(record: dict[str, Any]) -> list[dict[str, float]]:
              "best": record["final_val_loss"]}]
 
 
+def best_at_seconds(record: dict[str, Any], seconds: float) -> float:
+    """Best final validation loss a method reaches within ``seconds`` of wall time (NaN if it needs more).
+
+    Read off the record's frontier: the best value among the points whose cumulative wall time is
+    within the budget (for a study, the complete trials that finished within it).
+    """
+    inside = [p["best"] for p in frontier_points(record) if p["wall_seconds"] <= seconds + 1e-9 and _finite(p["best"])]
+    return float(inside[-1]) if inside else math.nan
+
+
 def best_at(record: dict[str, Any], budget_runs: float) -> float:
     """Best final validation loss a method reaches within ``budget_runs`` (NaN if it needs more)."""
     if "study" in record:
@@ -555,17 +599,24 @@ def best_at(record: dict[str, Any], budget_runs: float) -> float:
     return float(last["best"]) if last["units"] <= budget_runs + 1e-9 else math.nan
 
 
-def budget_table(records: Sequence[dict[str, Any]], budgets: Sequence[float]) -> str:
-    """Markdown: per method, the mean (over seeds) best validation loss and wall time at each budget."""
+def budget_table(records: Sequence[dict[str, Any]], budgets: Sequence[float],
+                 seconds: Sequence[float] = ()) -> str:
+    """Markdown: per method, the mean (over seeds) best validation loss at each budget in runs and in
+    wall seconds (``seconds``), and the wall time of all its trials."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault(r["strategy"], []).append(r)
-    head = ["method", "seeds", *(f"best val @ {b:g} runs" for b in budgets), "wall s (all trials)"]
+    head = ["method", "seeds", *(f"best val @ {b:g} runs" for b in budgets),
+            *(f"best val @ {b:.0f} s" for b in seconds), "wall s (all trials)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, group in groups.items():
         cells = [name, str(len(group))]
         for b in budgets:
             values = [best_at(r, b) for r in group]
+            ok = [v for v in values if _finite(v)]
+            cells.append(f"{sum(ok) / len(ok):.4f}" if ok and len(ok) == len(values) else "-")
+        for b in seconds:
+            values = [best_at_seconds(r, b) for r in group]
             ok = [v for v in values if _finite(v)]
             cells.append(f"{sum(ok) / len(ok):.4f}" if ok and len(ok) == len(values) else "-")
         cells.append(f"{sum(r['wall_seconds'] for r in group) / len(group):.1f}")
@@ -610,13 +661,23 @@ def plot_frontier(path: Path, records: Sequence[dict[str, Any]]) -> bool:
     return True
 
 
-def append_frontier_report(out: Path, records: Sequence[dict[str, Any]], budget_runs: float) -> None:
-    """Add the cost-versus-best-validation-loss frontier (table and ``frontier.png``) to report.md."""
-    budgets = sorted({b for b in (1.0, 2.0, 4.0, 8.0, 16.0, 32.0) if b <= budget_runs} | {float(budget_runs)})
+def append_frontier_report(out: Path, records: Sequence[dict[str, Any]], budget_runs: float | None,
+                           budget_seconds: float | None = None) -> None:
+    """Add the cost-versus-best-validation-loss frontier (table and ``frontier.png``) to report.md.
+
+    Budgets in runs up to ``budget_runs``, and in wall seconds: 1/8, 1/4, 1/2 and all of
+    ``budget_seconds`` (default: of the longest method's total wall time).
+    """
+    top = budget_runs if budget_runs is not None else max(
+        (max((p["units"] for p in frontier_points(r)), default=1.0) for r in records), default=1.0)
+    budgets = sorted({b for b in (1.0, 2.0, 4.0, 8.0, 16.0, 32.0) if b <= top} | {float(top)})
+    longest = budget_seconds or max((r["wall_seconds"] for r in records), default=0.0)
+    seconds = [longest * f for f in (0.125, 0.25, 0.5, 1.0)] if longest > 0 else []
     text = ["", "## Cost versus best validation loss", "",
             "Cost in units of one plain training run (inner steps / T; pruned trials count for the steps they "
-            "ran). An online-tuned run costs one unit but several times the wall time of a fixed one.", "",
-            budget_table(records, budgets)]
+            "ran) and in wall seconds (all trials). An online-tuned run costs one unit but several times the "
+            "wall time of a fixed one, so compare at equal wall time too.", "",
+            budget_table(records, budgets, seconds)]
     if plot_frontier(out / "frontier.png", records):
         text.append("![frontier.png](frontier.png)")
     with (out / "report.md").open("a") as f:

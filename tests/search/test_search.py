@@ -158,3 +158,40 @@ def test_search_command_writes_records_report_and_frontier(tmp_path):
     assert (out / "study.db").exists() and (out / "frontier.png").stat().st_size > 0
     report = (out / "report.md").read_text()
     assert "frontier.png" in report and "best val @ 2 runs" in report
+
+
+def test_wall_time_budget_stops_the_study_within_one_report_of_it():
+    budget = 1.0
+    result = search.run_search("quadratic", "local", budget_runs=None, budget_seconds=budget, seed=0,
+                               settings=TINY, pruner="none")
+    summary = result.summary()
+    spent = summary["spent_seconds"]
+    finished = [t for t in result.trials if t["state"] in ("COMPLETE", "PRUNED")]
+    assert summary["budget_seconds"] == budget and len(finished) >= 1
+    assert spent >= budget  # the study ran until the budget was spent...
+    # ...and stopped: no trial started after it ran out, the last one was cut at a report at the latest
+    assert spent - finished[-1]["wall_seconds"] < budget
+    cut = [t for t in finished if t["reason"] == "budget"]
+    assert all(t["steps"] < 40 for t in cut) and len(cut) <= 1
+    frontier = result.frontier()
+    assert [p["wall_seconds"] for p in frontier] == sorted(p["wall_seconds"] for p in frontier)
+    record = result.record()
+    assert search.best_at_seconds(record, spent) == record["final_val_loss"]
+    assert math.isnan(search.best_at_seconds(record, 0.0))
+
+
+@pytest.mark.parametrize("kwargs", [{"budget_runs": None}, {"budget_runs": None, "budget_seconds": -1.0},
+                                    {"budget_runs": 1, "budget_seconds": math.inf}])
+def test_bad_budgets_are_refused(kwargs):
+    with pytest.raises(search.SearchError, match="budget"):
+        search.run_search("quadratic", "fixed", settings=TINY, **kwargs)
+
+
+def test_search_command_takes_a_wall_time_budget(tmp_path):
+    out = tmp_path / "s"
+    argv = ["search", "--task", "quadratic", "--inner", "fixed", "--budget-seconds", "0.5", "--steps", "40",
+            "--window", "10", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    record = json.loads((out / "results.json").read_text())["records"][0]
+    assert record["study"]["budget_seconds"] == 0.5 and record["study"]["spent_seconds"] >= 0.5
+    assert " s |" in (out / "report.md").read_text()

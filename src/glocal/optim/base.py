@@ -38,6 +38,18 @@ class InnerOptimizer(Protocol):
         ...
 
 
+def add_row(tangent: Tensor, slopes: Mapping[str, tuple[int, Tensor]], name: str, coefficient: Tensor) -> None:
+    """``tangent[k] += slope * coefficient`` in place when hyperparameter ``name`` is tuned (row k of raw).
+
+    For hand-written linearised updates: a scalar hyperparameter h = f(raw_k) enters the tangent
+    of ``h * coefficient`` only in row k, with d h / d raw_k = slope.
+    """
+    entry = slopes.get(name)
+    if entry is not None:
+        row, slope = entry
+        tangent[row].add_(coefficient * slope)
+
+
 def resolve(optimizer: InnerOptimizer, overrides: Mapping[str, Tensor | float]) -> dict[str, Tensor | float]:
     """The constructor constants, overridden by the entries of ``overrides`` the optimizer knows."""
     values: dict[str, Tensor | float] = dict(optimizer.defaults())

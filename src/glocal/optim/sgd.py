@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .base import Params, State, check_nonnegative, resolve
+from .base import Params, State, add_row, check_nonnegative, resolve
 
 
 class SGD:
@@ -65,6 +65,45 @@ class SGD:
                 g = g + momentum * buf if self.nesterov else buf
             new_params.append(p - lr * g)
         return tuple(new_params), tuple(new_state)
+
+    def linearized_update(
+        self, params: Tensor, state: State, grads: Tensor, hparams: Mapping[str, Tensor | float], step: int,
+        t_params: Tensor, t_state: State, t_grads: Tensor | None, slopes: Mapping[str, tuple[int, Tensor]],
+    ) -> tuple[Tensor, State, Tensor, State]:
+        """``update`` on flat tensors and its exact tangents, derived by hand (see ``base.linearized``).
+
+        The product rule written out: about ten (q, p) tensor operations, where forward-mode AD of
+        ``update`` costs several times that on the CPU (dual-tensor bookkeeping, broadcast (q, 1)
+        duals). Checked against forward-mode AD of ``update`` in tests/optim.
+        """
+        h = resolve(self, hparams)
+        lr, momentum, wd, dampening = h["lr"], h["momentum"], h["weight_decay"], h["dampening"]
+        g, dg = grads, t_grads
+        if not (isinstance(wd, float) and wd == 0.0):
+            g = g + wd * params
+            dg = t_params * wd if dg is None else torch.add(dg, t_params * wd)
+            add_row(dg, slopes, "weight_decay", params)
+        elif dg is None:
+            dg = torch.zeros_like(t_params)
+        new_state: tuple[Tensor, ...] = ()
+        new_t_state: tuple[Tensor, ...] = ()
+        if state:
+            if step == 1:
+                buf, dbuf = g, dg
+            else:
+                buf = momentum * state[0] + (1 - dampening) * g
+                dbuf = torch.add(t_state[0] * momentum, dg * (1 - dampening))
+                add_row(dbuf, slopes, "momentum", state[0])
+                add_row(dbuf, slopes, "dampening", -g)
+            new_state, new_t_state = (buf,), (dbuf,)
+            if self.nesterov:
+                g, dg = g + momentum * buf, torch.add(dg, dbuf * momentum)
+                add_row(dg, slopes, "momentum", buf)
+            else:
+                g, dg = buf, dbuf
+        new_t_params = torch.sub(t_params, dg * lr)
+        add_row(new_t_params, slopes, "lr", -g)
+        return params - lr * g, new_state, new_t_params, new_t_state
 
     def __repr__(self) -> str:
         return (f"SGD(lr={self.lr:g}, momentum={self.momentum:g}, weight_decay={self.weight_decay:g}, "
