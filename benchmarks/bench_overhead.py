@@ -36,6 +36,7 @@ import os
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -132,11 +133,19 @@ class TunedLoop:
 
 
 def timed_block(loop: PlainLoop | TunedLoop, batches: list, wall: dict[str, list[float]],
-                cpu: dict[str, list[float]]) -> tuple[float, float]:
+                cpu: dict[str, list[float]], autocast: str | None = None) -> tuple[float, float]:
+    """Run and time the steps of one block; on CUDA every step is synchronised before its clock stops."""
     total_w = total_c = 0.0
+    device = batches[0][0].device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for batch in batches:
+        context = (torch.autocast(device.type, dtype=torch.bfloat16) if autocast == "bf16"
+                   else contextlib.nullcontext())
+        sync()
         t0, c0 = time.perf_counter(), time.thread_time()
-        kind = loop.step(batch)
+        with context:
+            kind = loop.step(batch)
+        sync()
         t1, c1 = time.perf_counter(), time.thread_time()
         wall.setdefault(kind, []).append(t1 - t0)
         cpu.setdefault(kind, []).append(c1 - c0)
@@ -154,7 +163,10 @@ def spread(values: list[float]) -> dict[str, float]:
 def run_pair(task_name: str, seed: int, variant: str, args: argparse.Namespace,
              make_task: Callable[..., Any]) -> dict[str, Any]:
     """One plain run and one tuned run over the same batches, interleaved by window-sized blocks."""
-    task = make_task(task_name, seed=seed, **({"init": args.init} if args.init else {}))
+    overrides: dict[str, Any] = {"init": args.init} if args.init else {}
+    if args.device != "cpu":
+        overrides["device"] = args.device
+    task = make_task(task_name, seed=seed, **overrides)
     steps = args.steps or task.total_steps
     task.total_steps = steps
     stream = task.batches(seed)
@@ -172,7 +184,7 @@ def run_pair(task_name: str, seed: int, variant: str, args: argparse.Namespace,
         order = (("plain", plain), ("tuned", tuned)) if b % 2 == 0 else (("tuned", tuned), ("plain", plain))
         row: dict[str, float] = {}
         for name, loop in order:
-            row[name + "_wall"], row[name + "_cpu"] = timed_block(loop, part, wall[name], cpu[name])
+            row[name + "_wall"], row[name + "_cpu"] = timed_block(loop, part, wall[name], cpu[name], args.autocast)
         blocks.append(row)
         rss.append(_rss_mb())
     final_val = float(task.val_loss(tuned.task.model.eval()(task.val[0]), task.val[1]).detach())
@@ -231,7 +243,7 @@ def table(results: dict[str, dict[str, Any]], clock: str = "wall") -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="mnist1d-mlp")
     parser.add_argument("--variants", default="glocal")
@@ -243,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tuner-kw", action="append", default=[], help="extra Tuner keyword key=value")
     parser.add_argument("--strategy-kw", action="append", default=[], help="extra strategy keyword key=value")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the task's tensors and model go there)")
+    parser.add_argument("--autocast", choices=("bf16",), default=None,
+                        help="run both loops' steps under torch.autocast with bfloat16")
     parser.add_argument("--engine", default=None, help="FILE:CLASS of a prototype engine for '<variant>+proto'")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -258,9 +273,10 @@ def main(argv: list[str] | None = None) -> None:
             raw[v].append(run_pair(args.task, r, v, args, tasks.make))
     results = {v: summarise(p) for v, p in raw.items()}
     print(f"task {args.task}, {args.repeats} repeat(s), window {args.window}, {args.threads} thread(s), "
-          f"load {os.getloadavg()[0]:.1f}")
+          f"device {args.device}, autocast {args.autocast or 'off'}, load {os.getloadavg()[0]:.1f}")
     print(table(results, "wall"))
-    print(table(results, "cpu"))
+    if args.device == "cpu":  # on a GPU the host thread's CPU time is not the cost
+        print(table(results, "cpu"))
     if args.out:
         meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "torch": torch.__version__,
                 "python": platform.python_version(), "cpu_count": os.cpu_count(),
@@ -270,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                 for k, v in vars(args).items()},
                                         "results": results}, indent=1) + "\n")
         print(f"wrote {args.out}")
+    return results
 
 
 if __name__ == "__main__":
