@@ -91,3 +91,28 @@ def test_fixed_strategy_equals_torch_optim():
             o.step()
     for p, q in zip(model2.parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("make_inner", [lambda: glocal.optim.SGD(momentum=0.9), lambda: glocal.optim.AdamW()],
+                         ids=["sgd", "adamw"])
+def test_per_group_hypergradients_sum_to_the_shared_one(make_inner):
+    """Two groups with equal lr: d L/d log lr_0 + d L/d log lr_1 = d L/d log lr (one shared lr, Tuner)."""
+    model, batches, val = problem()
+    model2 = copy.deepcopy(model)
+    space = glocal.HyperSpace(dtype=DT, lr=glocal.Log(0.03))
+    tuner = glocal.Tuner(model, make_inner(), space, F.cross_entropy, F.cross_entropy, glocal.Local(window=5),
+                         val=val)
+    groups = [{"params": model2[0].parameters()}, {"params": model2[2].parameters()}]
+    cls, extra = (glocal.GlocalSGD, {"momentum": 0.9}) if isinstance(make_inner(), glocal.optim.SGD) else (
+        glocal.GlocalAdamW, {})
+    opt = cls(groups, lr=0.03, tune=("lr",), strategy="local", window=5,
+              val_closure=lambda: F.cross_entropy(model2(val[0]), val[1]), **extra)
+    for x, y in batches:
+        tuner.step((x, y))
+        opt.zero_grad()
+        F.cross_entropy(model2(x), y).backward(create_graph=True)
+        opt.step()
+    per_group = torch.tensor(opt.history.windows[0]["local"], dtype=DT)
+    shared = torch.tensor(tuner.history.windows[0]["local"], dtype=DT)
+    assert per_group.shape == (2,) and (per_group.abs() > 1e-6).all()
+    torch.testing.assert_close(per_group.sum().reshape(1), shared, rtol=1e-9, atol=1e-12)
