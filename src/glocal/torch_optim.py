@@ -127,6 +127,13 @@ class _GlocalOptimizer(torch.optim.Optimizer):
         self._written: list[dict[str, float]] = []
         self._write_back()
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Param groups are fixed at construction (the tangents and the space are sized for them)."""
+        if hasattr(self, "engine"):
+            raise RuntimeError(f"{type(self).__name__}: add_param_group after construction is not supported; "
+                               "pass every group to the constructor")
+        super().add_param_group(param_group)
+
     # -- subclass hooks ---------------------------------------------------------------------
     def _inner(self, groups: list[dict[str, Any]]) -> InnerOptimizer:
         raise NotImplementedError

@@ -222,3 +222,16 @@ def test_eval_mode_during_validation_when_the_model_is_given():
         opt.step()
     assert modes == [False] and model.training
     copy.deepcopy(opt.state_dict())
+
+
+def test_misuse_after_construction_is_a_clear_error():
+    model = mlp()
+    x, y = data(32)
+    opt = glocal.GlocalSGD(model[0].parameters(), strategy="local", window=1,
+                           val_closure=lambda: F.cross_entropy(model(x), y).detach())
+    with pytest.raises(RuntimeError, match="add_param_group"):
+        opt.add_param_group({"params": model[2].parameters()})
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward(create_graph=True)
+    with pytest.raises(RuntimeError, match=r"val_closure.*no graph"):
+        opt.step()

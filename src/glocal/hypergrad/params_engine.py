@@ -175,6 +175,9 @@ class ParamEngine:
             raise TypeError(f"val_closure: expected it to return a scalar loss tensor, got {type(loss).__name__}")
         if self.tangents is None:
             return float(loss.detach()), torch.zeros_like(self.space.raw, requires_grad=False)
+        if not loss.requires_grad:
+            raise RuntimeError("val_closure: the loss it returned has no graph to the parameters (computed "
+                               "under torch.no_grad() or detached?); glocal differentiates it")
         grads = torch.autograd.grad(loss.reshape(()), self.params, allow_unused=True)
         grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True))
         h = self.tangents.hypergradient(grads)
