@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .base import Params, State, add_row, check_nonnegative, resolve
+from .base import HparamTangent, Params, State, add_row, check_nonnegative, resolve
 
 
 def safe_sqrt(x: Tensor) -> Tensor:
@@ -75,7 +75,7 @@ class AdamW:
 
     def linearized_update(
         self, params: Tensor, state: State, grads: Tensor, hparams: Mapping[str, Tensor | float], step: int,
-        t_params: Tensor, t_state: State, t_grads: Tensor | None, slopes: Mapping[str, tuple[int, Tensor]],
+        t_params: Tensor, t_state: State, t_grads: Tensor | None, slopes: Mapping[str, HparamTangent],
     ) -> tuple[Tensor, State, Tensor, State]:
         """``update`` on flat tensors and its exact tangents, derived by hand (see ``SGD.linearized_update``).
 

@@ -38,16 +38,26 @@ class InnerOptimizer(Protocol):
         ...
 
 
-def add_row(tangent: Tensor, slopes: Mapping[str, tuple[int, Tensor]], name: str, coefficient: Tensor) -> None:
-    """``tangent[k] += slope * coefficient`` in place when hyperparameter ``name`` is tuned (row k of raw).
+#: a tuned hyperparameter's tangent for ``linearized_update``: (row k, d value / d raw_k) for a scalar
+#: value, or a dense (q, p) tensor (row i: d value / d raw_i per element) for per-group values
+HparamTangent = tuple[int, Tensor] | Tensor
 
-    For hand-written linearised updates: a scalar hyperparameter h = f(raw_k) enters the tangent
-    of ``h * coefficient`` only in row k, with d h / d raw_k = slope.
+
+def add_row(tangent: Tensor, slopes: Mapping[str, HparamTangent], name: str, coefficient: Tensor) -> None:
+    """``tangent += d h * coefficient`` in place when hyperparameter ``name`` (h) is tuned.
+
+    For hand-written linearised updates: a scalar h = f(raw_k) enters the tangent of
+    ``h * coefficient`` only in row k (``tangent[k] += slope * coefficient``); a per-group h with a
+    dense (q, p) tangent enters every row.
     """
     entry = slopes.get(name)
-    if entry is not None:
+    if entry is None:
+        return
+    if isinstance(entry, tuple):
         row, slope = entry
         tangent[row].add_(coefficient * slope)
+    else:
+        tangent.add_(entry * coefficient)
 
 
 def resolve(optimizer: InnerOptimizer, overrides: Mapping[str, Tensor | float]) -> dict[str, Tensor | float]:

@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .base import Params, State, add_row, check_nonnegative, resolve
+from .base import HparamTangent, Params, State, add_row, check_nonnegative, resolve
 
 
 class SGD:
@@ -68,7 +68,7 @@ class SGD:
 
     def linearized_update(
         self, params: Tensor, state: State, grads: Tensor, hparams: Mapping[str, Tensor | float], step: int,
-        t_params: Tensor, t_state: State, t_grads: Tensor | None, slopes: Mapping[str, tuple[int, Tensor]],
+        t_params: Tensor, t_state: State, t_grads: Tensor | None, slopes: Mapping[str, HparamTangent],
     ) -> tuple[Tensor, State, Tensor, State]:
         """``update`` on flat tensors and its exact tangents, derived by hand (see ``base.linearized``).
 
@@ -88,8 +88,8 @@ class SGD:
         new_state: tuple[Tensor, ...] = ()
         new_t_state: tuple[Tensor, ...] = ()
         if state:
-            if step == 1:
-                buf, dbuf = g, dg
+            if step == 1:  # (never hand an input tensor back as state: the caller may reuse it)
+                buf, dbuf = g, (dg.clone() if dg is t_grads else dg)
             else:
                 buf = momentum * state[0] + (1 - dampening) * g
                 dbuf = torch.add(t_state[0] * momentum, dg * (1 - dampening))
