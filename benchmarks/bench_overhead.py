@@ -26,6 +26,8 @@ Variants (``--variants``, comma-separated, each against the same plain loop):
   local            Local (records only at window ends)
   fixed            glocal's plain engine (no tangents): the floor of glocal's own bookkeeping
   glocal-compiled  Glocal with ``compile=True``
+  glocal-rvN       Glocal whose records between window ends use the first N validation samples
+                   (``Tuner(record_val=...)``; window ends use all of them)
 Extra Tuner / Glocal keyword arguments: ``--tuner-kw key=value`` (e.g. val_subset=256).
 """
 
@@ -110,6 +112,10 @@ class TunedLoop:
     def __init__(self, task: Any, variant: str, window: int, record_every: int | None,
                  tuner_kw: dict[str, Any], strategy_kw: dict[str, Any], engine: Any = None) -> None:
         self.task = task
+        kw = dict(tuner_kw)
+        if "-rv" in variant:
+            variant, _, size = variant.partition("-rv")
+            kw["record_val"] = tuple(t[:int(size)] for t in task.val)
         if variant == "fixed":
             strategy: Any = Fixed()
         elif variant == "local":
@@ -117,7 +123,6 @@ class TunedLoop:
         else:
             strategy = Glocal(window=window, total_steps=task.total_steps, record_every=record_every, **strategy_kw)
         hyper = None if variant == "fixed" else torch.optim.SGD([task.space.raw], lr=1.0)
-        kw = dict(tuner_kw)
         if variant.endswith("compiled"):
             kw["compile"] = True
         self.tuner = Tuner(task.model, task.optimizer, task.space, task.train_loss, task.val_loss, strategy,

@@ -259,3 +259,34 @@ def test_divergence_after_resume_restores_the_model_like_an_uninterrupted_run():
     assert tuner.space.to_dict()["lr"] == pytest.approx(0.05)
     for k, v in expected_model.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("strategy", "sub_calls"), [
+    (glocal.Glocal(window=10, total_steps=40, record_every=2), 4 * 4),  # 4 in-window records x 4 windows
+    (glocal.Local(window=10), 0),  # Local records only at window ends
+])
+def test_record_val_is_used_between_window_ends_only(strategy, sub_calls):
+    model, batches, val = make_problem()
+    calls = {"full": 0, "sub": 0}
+    sub = (val[0][:16], val[1][:16])
+
+    def full_val():
+        calls["full"] += 1
+        return val
+
+    def sub_val():
+        calls["sub"] += 1
+        return sub
+
+    space = glocal.HyperSpace(lr=glocal.Log(0.05), momentum=glocal.Logit(0.5))
+    tuner = glocal.Tuner(model, glocal.optim.SGD(momentum=0.5), space, F.cross_entropy, F.cross_entropy, strategy,
+                         torch.optim.SGD([space.raw], lr=0.05), val=full_val, record_val=sub_val)
+    for i in range(40):
+        tuner.step(batches[i % len(batches)])
+    assert calls == {"full": 4, "sub": sub_calls}
+    ends = [s for s in tuner.history.val_steps if s % 10 == 0]
+    # the window-end losses are the full validation set's: recompute the last one
+    with torch.no_grad():
+        model.eval()
+        assert tuner.history.val_loss[tuner.history.val_steps.index(ends[-1])] == pytest.approx(
+            float(F.cross_entropy(model(val[0]), val[1])), rel=1e-6)

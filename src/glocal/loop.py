@@ -90,6 +90,8 @@ class OnlineLoop:
         self.divergences = 0
         self._reference_loss: float | None = None
         self._raw_before_update: Tensor | None = None
+        #: validation data for the records between window ends (None: the same as at window ends)
+        self.record_val: Validation | None = None
 
     @property
     def hparams(self) -> dict[str, float | list[float]]:
@@ -131,8 +133,10 @@ class OnlineLoop:
         if window == 0:
             return record
         self.steps_in_window += 1
-        if self.steps_in_window % self.strategy.record_every == 0 or self.steps_in_window == window:
-            val_loss, h = self.engine.hypergradient(val)  # val is not None: checked above
+        at_end = self.steps_in_window == window
+        if self.steps_in_window % self.strategy.record_every == 0 or at_end:
+            source = val if at_end or self.record_val is None else self.record_val
+            val_loss, h = self.engine.hypergradient(source)  # val is not None: checked above
             self.buffer.append(h.detach().clone())
             self.history.val_steps.append(self.step_count)
             self.history.val_loss.append(val_loss)

@@ -44,6 +44,12 @@ class Tuner(OnlineLoop):
     ``reverted_updates``). ``compile=True`` runs the forward-mode step through ``torch.compile``
     (SGD/AdamW, models without buffers; speed in docs/benchmarks.md). ``reducer``: the all-reduce
     hook for data-parallel training (None: one process).
+
+    ``record_val`` (opt-in, cheaper): validation data for the records *between* window ends, e.g. a
+    fixed sub-batch of ``val`` (a batch or a callable); the window's end always uses ``val``. The
+    in-window records then cost less (a validation gradient on the whole set costs several training
+    steps) but are noisier, which changes the Glocal estimate (Local records only at window ends and
+    is unaffected); measured in docs/benchmarks.md.
     """
 
     def __init__(
@@ -61,6 +67,7 @@ class Tuner(OnlineLoop):
         compile: bool = False,
         divergence_factor: float | None = 100.0,
         reducer: Reducer | None = None,
+        record_val: Validation | None = None,
     ) -> None:
         check_strategy(strategy)
         engine = make_engine(strategy.mode, model, optimizer, space, train_loss, val_loss, compile=compile,
@@ -69,6 +76,7 @@ class Tuner(OnlineLoop):
                          divergence_factor=divergence_factor)
         self.model = model
         self.val = val
+        self.record_val = record_val
 
     def step(self, train_batch: Batch, val_batch: Validation | None = None) -> dict[str, Any]:
         """Train on one batch; at record points and window ends also validate and update phi."""

@@ -87,6 +87,9 @@ def _tuning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output folder for results.json and report.md")
     parser.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--record-val-size", type=_positive_int, default=None, metavar="N",
+                        help="glocal: records between window ends use a fixed sub-batch of the first N validation "
+                        "samples (cheaper, noisier); window ends use all of them (default: all, always)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the forward-mode step (faster after a ~10-17 s compile; SGD/AdamW, "
                         "models without buffers)")
@@ -239,7 +242,7 @@ def _settings(args: argparse.Namespace) -> Settings:
              "clip_norm": args.clip}
     values.update({k: v for k, v in given.items() if v is not None})
     return Settings(record_every=args.record_every, steps=args.steps, outer_steps=args.outer_steps,
-                    init=dict(args.init), compile=args.compile, **values)
+                    init=dict(args.init), compile=args.compile, record_val_size=args.record_val_size, **values)
 
 
 def _preflight(task: str, settings: Settings) -> None:

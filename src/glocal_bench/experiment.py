@@ -45,6 +45,8 @@ class Settings:
     koopman: dict[str, Any] = field(default_factory=dict)
     curve_points: int = 20
     compile: bool = False
+    #: records between window ends use the first this many validation samples (None: all of them)
+    record_val_size: int | None = None
 
     def validate(self, total_steps: int) -> None:
         if self.steps is not None and self.steps < 1:
@@ -57,6 +59,8 @@ class Settings:
             raise ValueError(f"--hyper-optimizer={self.hyper_optimizer!r}: expected 'sgd' or 'adam'")
         if self.outer_steps < 1:
             raise ValueError(f"--outer-steps={self.outer_steps}: expected an integer >= 1")
+        if self.record_val_size is not None and self.record_val_size < 1:
+            raise ValueError(f"--record-val-size={self.record_val_size}: expected a positive number of samples")
 
 
 def build_task(name: str, seed: int, settings: Settings) -> Task:
@@ -129,8 +133,11 @@ def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progr
         strategy = Glocal(window=settings.window, total_steps=total, record_every=settings.record_every,
                           mode=task.mode, koopman=dict(settings.koopman))
     hyper = None if strategy_name == "fixed" else _hyper_optimizer(task, settings)
+    record_val = None
+    if settings.record_val_size is not None and settings.record_val_size < len(task.val[0]):
+        record_val = tuple(t[:settings.record_val_size] for t in task.val)  # a fixed sub-batch
     tuner = Tuner(task.model, task.optimizer, task.space, task.train_loss, task.val_loss, strategy, hyper,
-                  val=task.val, clip_norm=settings.clip_norm, compile=settings.compile)
+                  val=task.val, clip_norm=settings.clip_norm, compile=settings.compile, record_val=record_val)
     batches = task.batches(seed)
     every = _curve_every(total, settings)
     curve: list[list[float]] = []

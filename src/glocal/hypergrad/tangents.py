@@ -38,6 +38,7 @@ and to the q gradient tangents before the update, the two places where ranks mus
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -127,6 +128,7 @@ class TangentPropagator:
         self._packed_grads: tuple[tuple[Tensor, ...], Tensor] | None = None
         self._slopes_key: tuple[int, int, int] | None = None
         self._slopes: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        self._tangents_cache: tuple[dict, tuple[dict[str, Tensor], dict[str, Any]]] | None = None
         self.reset()
 
     @property
@@ -321,10 +323,14 @@ class TangentPropagator:
 
         Scalar entries: value (0-d) and (row k of raw, d value / d raw_k); per-group entries: the
         value of each element's group (p,) and the dense (q, p) tangent (row i: d value / d raw_i).
+        Cached until raw changes (once per window).
         """
+        slopes = self._hparam_slopes()
+        if self._tangents_cache is not None and self._tangents_cache[0] is slopes:
+            return self._tangents_cache[1]
         values: dict[str, Tensor] = {}
         tangents: dict[str, tuple[int, Tensor] | Tensor] = {}
-        for name, (index, value, slope) in self._hparam_slopes().items():
+        for name, (index, value, slope) in slopes.items():
             if self._element_group is None:
                 values[name] = value.reshape(())
                 tangents[name] = (int(index[0]), slope[0])
@@ -334,6 +340,7 @@ class TangentPropagator:
                 dense = torch.zeros((self.q, size), dtype=value.dtype, device=value.device)
                 dense[index[group], torch.arange(size, device=value.device)] = slope[group]
                 values[name], tangents[name] = value[group], dense
+        self._tangents_cache = (slopes, (values, tangents))
         return values, tangents
 
     def _update_linearized(self, params, state, grads, tangent_grads, step, constants):
