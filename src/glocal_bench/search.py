@@ -654,7 +654,8 @@ def plot_frontier(path: Path, records: Sequence[dict[str, Any]]) -> bool:
     for ax in axes:
         ax.set_xscale("log")
         ax.set_ylabel("best final validation loss so far")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # nothing to label when no trial finished
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
