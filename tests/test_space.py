@@ -73,13 +73,13 @@ def test_state_dict_round_trip():
 
 @pytest.mark.parametrize("value", ["abc", None, True, "0.1", 1 + 2j])
 def test_non_numeric_values_name_the_hyperparameter(value):
-    with pytest.raises(ValueError, match="hyperparameter 'lr'.*real number"):
+    with pytest.raises(ValueError, match=r"hyperparameter 'lr'.*real number"):
         glocal.HyperSpace(lr=glocal.Log(value))
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
 def test_integer_or_complex_dtype_is_a_clear_error(dtype):
-    with pytest.raises(ValueError, match="dtype.*floating-point"):
+    with pytest.raises(ValueError, match=r"dtype.*floating-point"):
         glocal.HyperSpace(lr=glocal.Log(0.1), dtype=dtype)
 
 

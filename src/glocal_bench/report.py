@@ -74,7 +74,8 @@ def warnings(records: Sequence[dict[str, Any]]) -> list[str]:
         if r.get("skipped_steps"):
             problems.append(f"{r['skipped_steps']} of {total} training steps skipped (non-finite loss or parameters)")
         if r.get("stalled_windows"):
-            problems.append(f"{r['stalled_windows']} window(s) stalled (a whole window without one finite, non-divergent step)")
+            problems.append(f"{r['stalled_windows']} window(s) stalled (a whole window without one finite, "
+                            "non-divergent step)")
         if r.get("bound_hits"):
             hits = ", ".join(f"{k} in {n} window(s)" for k, n in r["bound_hits"].items())
             problems.append(f"hyperparameters stopped at their bounds: {hits}")
