@@ -89,7 +89,8 @@ def search_space(task: str, settings: Settings | None = None, spread: float = 30
                  inner: str = "glocal") -> list[Dimension]:
     """The dimensions searched on ``task``: its scalar hyperparameters around their initial values.
 
-    Log hyperparameters range over [v / spread, v * spread], logit ones over logit(v) +- log(spread);
+    Log hyperparameters range over [v / spread, v * spread], logit ones over logit(v) +- log(spread),
+    both cut to the hyperparameter's bounds;
     other and vector hyperparameters keep their initial values. ``tune_hyper_lr`` adds the tuner's
     hyper learning rate (log-uniform a factor 10 each way; online inner strategies only).
     """
@@ -103,11 +104,14 @@ def search_space(task: str, settings: Settings | None = None, spread: float = 30
         if not isinstance(value, float):
             continue
         kind = built.space.transform_of(name).kind
+        low, high = built.space.bounds_of(name)  # never sample outside the hyperparameter's bounds
         if kind == "log":
-            dims.append(Dimension(name, name, "log", value / spread, value * spread, value))
+            dims.append(Dimension(name, name, "log", max(value / spread, low), min(value * spread, high), value))
         elif kind == "logit":
             logit = math.log(value / (1 - value))
-            dims.append(Dimension(f"logit_{name}", name, "logit", logit - width, logit + width, logit))
+            lo = logit - width if low <= 0 else max(logit - width, math.log(low / (1 - low)))
+            hi = logit + width if high >= 1 else min(logit + width, math.log(high / (1 - high)))
+            dims.append(Dimension(f"logit_{name}", name, "logit", lo, hi, logit))
     if tune_hyper_lr and inner != "fixed":
         dims.append(Dimension("hyper_lr", "hyper_lr", "log", settings.hyper_lr / 10, settings.hyper_lr * 10,
                               settings.hyper_lr))

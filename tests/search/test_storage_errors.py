@@ -69,3 +69,10 @@ def test_the_command_in_results_and_report_is_redacted(tmp_path, capsys):
     for name in ("results.json", "report.md"):
         text = (tmp_path / name).read_text()
         assert "hunter2" not in text and "bob:***@db.example" in text
+
+
+def test_the_search_space_stays_within_the_bounds():
+    from glocal_bench.experiment import Settings
+
+    dims = {d.target: d for d in search.search_space("quadratic", Settings(init={"lr": 5.0}), spread=30.0)}
+    assert dims["lr"].high == 10.0 and dims["lr"].low == pytest.approx(5.0 / 30)
