@@ -59,3 +59,50 @@ def test_check_folder_rejects_files_and_paths_under_files(tmp_path):
         atomic.check_folder(a_file / "below")
     made = atomic.check_folder(tmp_path / "new" / "deeper")
     assert made.is_dir() and not list(made.iterdir())
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """Mount a real tmpfs with the given options (needs root and mount rights; skipped otherwise)."""
+    mounted = []
+
+    def mount(options: str):
+        target = tmp_path / f"mnt{len(mounted)}"
+        target.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in mounted:
+        subprocess.run(["umount", str(target)], check=False)
+
+
+def test_a_read_only_filesystem_is_refused_before_any_work(mount_tmpfs, capsys):
+    from glocal_bench.cli import main
+
+    read_only = mount_tmpfs("ro,size=1m")
+    for out in (read_only, read_only / "sub"):
+        assert main(["run", "--task", "quadratic", "--strategy", "fixed", "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Read-only file system" in err
+
+
+def test_a_full_disk_mid_write_leaves_the_previous_results(mount_tmpfs):
+    small = mount_tmpfs("size=64k")
+    report.write_results(small, [{"strategy": "fixed", "value": 1.0}])
+    before = (small / "results.json").read_bytes()
+    with pytest.raises(OSError, match="No space left"):
+        report.write_results(small, [{"strategy": "fixed", "curve": list(range(100000))}])
+    assert (small / "results.json").read_bytes() == before
+    assert [p.name for p in small.iterdir()] == ["results.json"]
+
+
+def test_a_kernel_protected_folder_is_refused():
+    """/sys refuses new entries even to root: a real unwritable folder on any Linux machine."""
+    if not os.path.isdir("/sys/kernel"):
+        pytest.skip("no sysfs")
+    with pytest.raises(atomic.OutputError, match="not a writable folder"):
+        atomic.check_folder("/sys/kernel/glocal-out")
