@@ -416,6 +416,9 @@ def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -
     from . import search
 
     inners = [s.strip() for s in args.inner.split(",") if s.strip()]
+    if not inners:
+        raise UsageError(f"glocal: --inner {args.inner!r}: expected a comma-separated list from "
+                         f"{', '.join(search.INNER)}")
     for inner in inners:
         if inner not in search.INNER:
             raise UsageError(f"glocal: unknown --inner {inner!r}; expected one of {', '.join(search.INNER)}")

@@ -45,6 +45,7 @@ def test_run_without_out_writes_a_default_folder_and_says_where(tmp_path, capsys
 @pytest.mark.parametrize("strategies", [",", "", " , "])
 def test_empty_strategy_list_is_an_error(strategies, capsys):
     _one_line_exit_2(["compare", "--task", "quadratic", "--strategies", strategies], capsys, "--strategies")
+    _one_line_exit_2(["search", "--task", "quadratic", "--inner", strategies], capsys, "--inner")
 
 
 def test_an_interrupted_runs_checkpoint_is_never_overwritten_and_must_match(tmp_path, capsys):
