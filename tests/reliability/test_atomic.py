@@ -106,3 +106,9 @@ def test_a_kernel_protected_folder_is_refused():
         pytest.skip("no sysfs")
     with pytest.raises(atomic.OutputError, match="not a writable folder"):
         atomic.check_folder("/sys/kernel/glocal-out")
+
+
+def test_files_get_the_permissions_a_plain_open_would_give(tmp_path):
+    atomic.write_text(tmp_path / "atomic.txt", "x")
+    (tmp_path / "plain.txt").write_text("x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
