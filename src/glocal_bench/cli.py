@@ -366,6 +366,7 @@ def demo_settings() -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)
         if getattr(args, "threads", None):
@@ -409,6 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(str(error), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = " (the same command with --resume continues it)" if getattr(args, "command", "") in (
+            "run", "compare") else ""
+        print(f"glocal: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -> int:
