@@ -305,7 +305,7 @@ class HyperSpace:
             raise ValueError(f"space state 'raw': expected a floating-point tensor, got {type(raw).__name__}"
                              + (f" of dtype {raw.dtype}" if isinstance(raw, Tensor) else ""))
         if raw.shape != self.raw.shape:
-            raise ValueError(f"raw: expected shape {tuple(self.raw.shape)}, got {tuple(raw.shape)}")
+            raise ValueError(f"space state 'raw': expected shape {tuple(self.raw.shape)}, got {tuple(raw.shape)}")
         labels = self.labels()
         bad = (~torch.isfinite(raw)).nonzero().flatten().tolist()
         if bad:

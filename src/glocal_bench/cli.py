@@ -415,6 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "run", "compare") else ""
         print(f"glocal: interrupted{hint}", file=sys.stderr)
         return 130
+    except FloatingPointError as error:  # training cannot go on (e.g. non-finite weights, nothing to restore)
+        print(f"glocal: training stopped: {error}", file=sys.stderr)
+        return 1
 
 
 def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -> int:

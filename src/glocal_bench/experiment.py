@@ -188,7 +188,7 @@ def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progr
             "skipped_updates": tuner.skipped_updates, "skipped_steps": tuner.skipped_steps,
             "stalled_windows": stall["windows"], "bound_hits": _bound_hits(tuner.history.windows),
             "divergences": tuner.divergences, "reverted_updates": tuner.reverted_updates,
-            "fallbacks": tuner.fallbacks, "windows": windows}
+            "restored_faults": tuner.restored_faults, "fallbacks": tuner.fallbacks, "windows": windows}
 
 
 def _bound_hits(windows: list[dict[str, Any]]) -> dict[str, int]:

@@ -81,6 +81,9 @@ def warnings(records: Sequence[dict[str, Any]]) -> list[str]:
             problems.append(f"hyperparameters stopped at their bounds: {hits}")
         if r.get("divergences"):
             problems.append(f"{r['divergences']} divergence(s), {r.get('reverted_updates', 0)} update(s) undone")
+        if r.get("restored_faults"):
+            problems.append(f"parameters found non-finite {r['restored_faults']} time(s), returned to the last "
+                            "finite state")
         if r.get("skipped_updates"):
             problems.append(f"{r['skipped_updates']} hypergradient update(s) skipped (not finite)")
         if problems:

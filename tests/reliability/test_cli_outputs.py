@@ -103,3 +103,16 @@ def test_skipped_steps_and_stalls_are_reported(tmp_path, capsys):
 def test_init_outside_the_default_bounds_is_a_one_line_error(capsys):
     _one_line_exit_2(["run", "--strategy", "local", "--task", "quadratic", "--init", "lr=1e9"], capsys,
                      "outside its bounds")
+
+
+def test_an_absurd_hyper_lr_is_held_by_the_bounds_and_reported(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["run", "--task", "quadratic", "--strategy", "local", "--hyper-lr", "1e6", "--steps", "60", "--window",
+            "10", "--out", str(out), "--quiet", "--threads", "1"]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    (record,) = json.loads((out / "results.json").read_text())["records"]
+    assert record["bound_hits"] and set(record["bound_hits"]) <= {"lr", "weight_decay"}
+    assert any("at_bound" in w for w in record["windows"])
+    assert 1e-8 <= record["hparams"]["lr"] <= 10 and record["hparams"]["lr"] > 0
+    assert "stopped at their bounds" in stdout
