@@ -261,13 +261,17 @@ def run(name: str, strategy: str, seed: int = 0, settings: Settings | None = Non
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     started = time.perf_counter()
-    if strategy == "grid":
-        task, part = _grid(name, seed, settings, progress)
-    else:
-        task = build_task(name, seed, settings)
-        settings.validate(task.total_steps)
-        part = _global(task, settings, seed, progress) if strategy == "global" else _online(
-            task, strategy, settings, seed, progress, on_curve, checkpointing)
+    # the global RNG (dropout, random augmentation) starts from the seed in every run, so that a run
+    # does not depend on the runs before it in the process (a resumed compare skips those)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if strategy == "grid":
+            task, part = _grid(name, seed, settings, progress)
+        else:
+            task = build_task(name, seed, settings)
+            settings.validate(task.total_steps)
+            part = _global(task, settings, seed, progress) if strategy == "global" else _online(
+                task, strategy, settings, seed, progress, on_curve, checkpointing)
     metrics = task.evaluate()
     record: dict[str, Any] = {
         "task": name,
