@@ -67,4 +67,7 @@ class RunCheckpoint:
         write_bytes(self.path, buffer.getvalue())
 
     def remove(self) -> None:
+        """Delete the checkpoint, and temporary files of saves that a kill interrupted."""
         self.path.unlink(missing_ok=True)
+        for stale in self.path.parent.glob(f".{FILE}.*.tmp"):
+            stale.unlink(missing_ok=True)

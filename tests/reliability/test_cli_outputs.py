@@ -40,6 +40,7 @@ def test_run_without_out_writes_a_default_folder_and_says_where(tmp_path, capsys
     assert "runs/quadratic-fixed-seed0" in captured.err
     assert json.loads((folder / "results.json").read_text())["records"][0]["strategy"] == "fixed"
     assert not (folder / FILE).exists()  # the checkpoint is removed once the results are written
+    assert not list(folder.glob(".*"))  # and no temporary file is left
 
 
 @pytest.mark.parametrize("strategies", [",", "", " , "])
