@@ -5,8 +5,9 @@ The public namespace is curated: what is imported here is the supported API.
 
 from . import koopman, optim
 from .hypergrad import hypergradient
+from .outer import Global
 from .space import HyperSpace, Identity, Log, Logit
-from .strategies import Fixed, Global, Glocal, Local
+from .strategies import Fixed, Glocal, Local
 from .tuner import Tuner
 
 __version__ = "0.1.0"
