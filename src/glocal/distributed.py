@@ -93,6 +93,14 @@ class Reducer:
                     t.copy_(flat[offset:offset + n].view_as(t))
                     offset += n
 
+    def __call__(self, tensor: Tensor) -> Tensor:
+        """The mean of ``tensor`` over the ranks, as a new tensor: the engines' reducer hook."""
+        return self.mean((tensor,))[0]
+
+    def mean_all(self, tensors: Sequence[Tensor], what: str = "tensors") -> tuple[Tensor, ...]:
+        """Like calling the reducer on each tensor, in one all-reduce (per dtype/device)."""
+        return self.mean(tensors, what)
+
     def mean(self, tensors: Sequence[Tensor], what: str = "tensors") -> tuple[Tensor, ...]:
         """The tensors' means over the ranks, as new tensors (the inputs are not changed)."""
         if not self.active:
@@ -192,3 +200,17 @@ def shard(batch: Sequence[Tensor] | Tensor, rank: int, world_size: int) -> Any:
     if single:
         return out[0]
     return out if isinstance(batch, list) else tuple(out)
+
+
+def resolve_reducer(reducer: Any) -> Any:
+    """``"auto"``: a ``Reducer`` when a default process group of more than one rank is initialised, else
+    None; None or a callable (tensor -> its mean over the ranks) is returned as given."""
+    if isinstance(reducer, str):
+        if reducer != "auto":
+            raise ValueError(f"reducer={reducer!r}: expected 'auto', None, or a callable such as "
+                             "glocal.distributed.Reducer()")
+        return Reducer() if default_group_active() else None
+    if reducer is not None and not callable(reducer):
+        raise TypeError(f"reducer: expected 'auto', None or a callable (tensor -> mean over ranks), "
+                        f"got {type(reducer).__name__}")
+    return reducer
