@@ -1,0 +1,62 @@
+"""``torchrun --nproc-per-node 2 -m glocal ...``: sharded batches, rank 0 alone writes, same results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from glocal_bench.cli import main
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ARGS = ["compare", "--task", "quadratic", "--strategies", "fixed,local,glocal,global", "--steps", "60",
+        "--window", "20", "--outer-steps", "2", "--threads", "1", "--quiet"]
+
+
+def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a command in its own session; on timeout kill the whole session (torchrun's workers too)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(argv[:6])}... hung for {timeout} s:\n{err[-2000:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _records(folder) -> dict[str, dict]:
+    return {r["strategy"]: r for r in json.loads((folder / "results.json").read_text())["records"]}
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_match_one_process_and_only_rank_0_writes(tmp_path):
+    single = _run([sys.executable, "-m", "glocal", *ARGS, "--out", str(tmp_path / "one")], 240)
+    assert single.returncode == 0, single.stderr
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "glocal"]
+    both = _run([*launcher, *ARGS, "--out", str(tmp_path / "two")], 240)
+    assert both.returncode == 0, both.stderr
+    assert both.stdout.count("| quadratic | global |") == 1  # the table is printed by rank 0 only
+    one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
+    assert set(one) == set(two) == {"fixed", "local", "glocal", "global"}
+    for name, ref in one.items():  # float64 task: the half-batch ranks follow the whole-batch run
+        assert two[name]["final_val_loss"] == pytest.approx(ref["final_val_loss"], rel=1e-10), name
+        for key, value in ref["hparams"].items():
+            assert two[name]["hparams"][key] == pytest.approx(value, rel=1e-10), (name, key)
+    assert one["local"]["hparams"] != one["fixed"]["hparams"]  # something was tuned
+
+
+@pytest.mark.parametrize(("command", "fragment"), [
+    (["search", "--task", "quadratic"], "glocal search: does not run under torchrun"),
+    (["bench", "estimator", "--quick"], "glocal bench: does not run under torchrun"),
+])
+def test_commands_that_are_not_data_parallel_refuse_to_run_under_torchrun(command, fragment, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(command) == 2
+    assert fragment in capsys.readouterr().err
