@@ -132,8 +132,7 @@ class OnlineLoop:
             return record
         self.steps_in_window += 1
         if self.steps_in_window % self.strategy.record_every == 0 or self.steps_in_window == window:
-            assert val is not None
-            val_loss, h = self.engine.hypergradient(val)
+            val_loss, h = self.engine.hypergradient(val)  # val is not None: checked above
             self.buffer.append(h.detach().clone())
             self.history.val_steps.append(self.step_count)
             self.history.val_loss.append(val_loss)

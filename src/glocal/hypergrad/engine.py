@@ -72,6 +72,19 @@ def clone_all(tensors: tuple[Tensor, ...] | list[Tensor]) -> list[Tensor]:
     return [t.detach().clone() for t in tensors]
 
 
+def check_names(space: HyperSpace, optimizer: InnerOptimizer, loss_uses_hparams: bool) -> None:
+    """Every space entry must be a hyperparameter of the optimizer, unless the training loss takes
+    ``hparams`` (then the other entries are the loss's, e.g. per-class weights)."""
+    if loss_uses_hparams:
+        return
+    accepted = tuple(getattr(optimizer, "hyperparameter_names", ()))
+    unknown = [n for n in space.names if n not in accepted]
+    if unknown:
+        raise ValueError(
+            f"space: unknown hyperparameter(s) {unknown} for {type(optimizer).__name__}; it accepts "
+            f"{', '.join(accepted)} (or give the training loss a 'hparams' keyword to use other entries)")
+
+
 class ModelEngine:
     """Trains ``model`` in place with a differentiable inner optimizer; subclasses add hypergradients."""
 
@@ -97,12 +110,13 @@ class ModelEngine:
                     f"optimizer: expected a differentiable glocal.optim optimizer (glocal.optim.SGD, "
                     f"glocal.optim.AdamW), got {type(optimizer).__name__}"
                 )
+        self.loss_uses_hparams = accepts_hparams(train_loss)
+        check_names(space, optimizer, self.loss_uses_hparams)
         self.fmodel = FunctionalModel(model)
         self.optimizer = optimizer
         self.space = space
         self.train_loss = train_loss
         self.val_loss = val_loss if val_loss is not None else train_loss
-        self.loss_uses_hparams = accepts_hparams(train_loss)
         self.reducer = reducer
         params = self.fmodel.parameters()
         self.dtype = params[0].dtype

@@ -2,6 +2,8 @@
 
 Memory grows with the number of unrolled steps (O(window * p)) but not with q, so this is the
 engine for many hyperparameters (per-sample loss weights). ``begin_window`` cuts the graph.
+The ``reducer`` hook is applied to the validation loss and h only: the unrolled training gradient
+is not all-reduced (reverse mode is not data-parallel yet).
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def is_elementwise(optimizer: InnerOptimizer) -> bool:
     return type(optimizer) in _ELEMENTWISE
 
 
-def _flatten(tensors: Sequence[Tensor]) -> Tensor:
+def flatten(tensors: Sequence[Tensor]) -> Tensor:
     return torch.cat([t.reshape(-1) for t in tensors]) if len(tensors) > 1 else tensors[0].reshape(-1)
 
 
@@ -325,8 +325,8 @@ class TangentPropagator:
         """Elementwise path: one forward-AD pass over flat (q, p) tensors for all tangents at once."""
         q, n = self.q, len(params)
         k = len(state) // n
-        flat_p, flat_g = _flatten(params), _flatten(grads)
-        flat_s = [_flatten(state[j * n:(j + 1) * n]) for j in range(k)]
+        flat_p, flat_g = flatten(params), flatten(grads)
+        flat_s = [flatten(state[j * n:(j + 1) * n]) for j in range(k)]
         z_p = self._packed(self.tangent_params, self._packed_params)
         z_s_all = self._packed(self.tangent_state, self._packed_state) if k else None
         size = flat_p.numel()
