@@ -218,8 +218,9 @@ class OnlineLoop:
         return not entry["skipped"]
 
     def _agreement_params(self) -> list[Tensor]:
-        """The parameters whose fingerprint the per-window agreement check compares (the model's)."""
-        return []
+        """The parameters whose fingerprint the per-window agreement check compares (the engine's
+        ``params`` where it has them; ``Tuner`` gives the model's)."""
+        return list(getattr(self.engine, "params", None) or [])
 
     def _check_ranks_agree(self) -> None:
         """Data-parallel: phi and the parameters must be bitwise equal on every rank (a clear error if not)."""

@@ -59,15 +59,54 @@ def run_tuner(opt: str, strat: str, rank: int = 0, world: int = 1) -> dict[str, 
     hyper = torch.optim.SGD([space.raw], lr=0.5)
     tuner = glocal.Tuner(net, optimizer, space, F.cross_entropy, F.cross_entropy, strategy(strat), hyper,
                          val=shard(val, rank, world))
+    raw0 = space.raw.detach().clone()
     for batch in batches:
         tuner.step(shard(batch, rank, world))
-    return {"params": [p.detach().clone() for p in net.parameters()], "raw": space.raw.detach().clone(),
+    return {"params": [p.detach().clone() for p in net.parameters()], "raw": space.raw.detach().clone(), "raw0": raw0,
             "train_loss": list(tuner.history.train_loss), "val_loss": list(tuner.history.val_loss),
             "windows": len(tuner.history.windows)}
 
 
+def run_dropin(opt: str, strat: str, rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """The same with GlocalSGD / GlocalAdamW in a user's loop (AdamW through a closure, SGD without)."""
+    batches, val = data()
+    net = model(seed=rank)
+    xv, yv = shard(val, rank, world)
+    common = dict(tune=("lr", "weight_decay"), strategy=strat, window=WINDOW, total_steps=4 * STEPS,
+                  record_every=2 if strat == "glocal" else None, hyper_lr=0.5, model=net,
+                  val_closure=lambda: F.cross_entropy(net(xv), yv))
+    if opt == "sgd":
+        optimizer = glocal.GlocalSGD(net.parameters(), lr=0.1 * (1 + rank), momentum=0.9, weight_decay=1e-3,
+                                     **common)
+    else:
+        optimizer = glocal.GlocalAdamW(net.parameters(), lr=0.01 * (1 + rank), weight_decay=1e-2, **common)
+    raw0 = optimizer.space.raw.detach().clone()
+    for batch in batches:
+        x, y = shard(batch, rank, world)
+
+        def closure(x=x, y=y) -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward(create_graph=True)
+            return loss
+
+        if opt == "adamw":
+            optimizer.step(closure)
+        else:
+            closure()
+            optimizer.step()
+    raw = optimizer.space.raw.detach().clone()
+    return {"params": [p.detach().clone() for p in net.parameters()], "raw": raw, "raw0": raw0,
+            "train_loss": list(optimizer.history.train_loss), "val_loss": list(optimizer.history.val_loss),
+            "windows": len(optimizer.history.windows)}
+
+
 def rank_tuners(rank: int, world: int) -> dict[tuple[str, str], dict[str, Any]]:
     return {case: run_tuner(*case, rank=rank, world=world) for case in CASES}
+
+
+def rank_dropins(rank: int, world: int) -> dict[tuple[str, str], dict[str, Any]]:
+    return {case: run_dropin(*case, rank=rank, world=world) for case in CASES}
 
 
 def rank_dies_mid_run(rank: int, world: int, hang: bool = False) -> None:
