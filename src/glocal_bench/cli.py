@@ -367,6 +367,12 @@ def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -
         if inner not in search.INNER:
             raise UsageError(f"glocal: unknown --inner {inner!r}; expected one of {', '.join(search.INNER)}")
     _preflight(args.task, settings)
+    if not parallel.current().writer:  # under torchrun: rank 0 runs the study, this rank joins its runs
+        parallel.follow(experiment.run)
+        if args.baselines:
+            _execute(args.task, ("grid", "local", "glocal"), list(range(args.seed, args.seed + args.seeds)),
+                     settings, True)
+        return 0
     out = args.out or Path("runs/search")
     storage = args.storage or f"sqlite:///{out / 'study.db'}"
     seeds = list(range(args.seed, args.seed + args.seeds))
@@ -392,6 +398,8 @@ def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -
                 records.append(result.record())
     except search.SearchError as error:
         raise UsageError(f"glocal: {error}") from None
+    finally:
+        parallel.end_leading()
     if args.baselines:
         records += _execute(args.task, ("grid", "local", "glocal"), seeds, settings, args.quiet)
     _finish(records, out, f"search on {args.task}", argv)

@@ -10,6 +10,7 @@ this is the identity.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from glocal.distributed import shard
 #: seconds a collective waits for a stalled peer before the run fails (a dead peer fails at once)
 DEFAULT_TIMEOUT = 300.0
 #: commands that run data-parallel; the others refuse to run under torchrun
-PARALLEL_COMMANDS = ("run", "compare", "demo")
+PARALLEL_COMMANDS = ("run", "compare", "demo", "search")
 
 
 @dataclass(frozen=True)
@@ -105,3 +106,77 @@ def check_task(task: Any, compile: bool = False) -> None:
     if rows % world.size:
         raise ValueError(f"batch size {rows} of task {task.name!r} does not split into {world.size} equal shards "
                          f"(one per process); use a number of processes that divides it")
+
+
+# -- a search under torchrun: rank 0 runs the study, the other ranks join each of its runs --------
+class _Stopped(Exception):
+    """Rank 0 stopped the current run (its trial was pruned)."""
+
+
+def _broadcast_object(value: Any = None) -> Any:
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _broadcast_flag(flag: bool = False) -> bool:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], dtype=torch.int64)
+    dist.broadcast(t, src=0)
+    return bool(t[0])
+
+
+RunFn = Any  # experiment.run: (task, strategy, seed, settings, on_curve=...) -> record
+
+
+def lead_run(run: RunFn, task: str, strategy: str, seed: int, settings: Any, on_curve: Any) -> dict[str, Any]:
+    """On rank 0: announce the run to the other ranks, then run it data-parallel with them.
+
+    At every curve point rank 0 tells the others whether ``on_curve`` stopped the run (a pruned
+    trial), so that all ranks stop at the same step. One process: just ``run``.
+    """
+    if current().size == 1:
+        return run(task, strategy, seed, settings, on_curve=on_curve)
+    _broadcast_object(("run", task, strategy, seed, settings))
+
+    def synced(step: int, val_loss: float) -> None:
+        try:
+            if on_curve is not None:
+                on_curve(step, val_loss)
+        except BaseException:
+            _broadcast_flag(True)
+            raise
+        _broadcast_flag(False)
+
+    return run(task, strategy, seed, settings, on_curve=synced)
+
+
+def end_leading() -> None:
+    """On rank 0: tell the other ranks that no more runs follow (no-op in one process)."""
+    if current().size > 1:
+        _broadcast_object(("done",))
+
+
+def follow(run: RunFn) -> int:
+    """On ranks other than 0: join every run that rank 0 announces, until it says it is done.
+
+    Returns the number of runs joined.
+    """
+    joined = 0
+    while True:
+        message = _broadcast_object()
+        if message[0] == "done":
+            return joined
+        _, task, strategy, seed, settings = message
+
+        def synced(step: int, val_loss: float) -> None:
+            if _broadcast_flag():
+                raise _Stopped
+
+        with contextlib.suppress(_Stopped):
+            run(task, strategy, seed, settings, on_curve=synced)
+        joined += 1

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import experiment, report
+from . import experiment, parallel, report
 from .experiment import Settings
 
 if TYPE_CHECKING:  # optuna is an optional dependency (the ``search`` extra)
@@ -482,7 +482,8 @@ def run_search(task: str, inner: str = "glocal", budget_runs: float = 8, seed: i
                 raise optuna.TrialPruned
 
         try:
-            record = experiment.run(task, inner, seed, run_settings, on_curve=on_curve)
+            # under torchrun the other ranks join this run (glocal_bench.parallel); else experiment.run
+            record = parallel.lead_run(experiment.run, task, inner, seed, run_settings, on_curve)
         except optuna.TrialPruned:
             raise
         except Exception as error:  # a genuine failure is not retried (interruptions are)

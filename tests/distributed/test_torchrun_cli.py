@@ -52,11 +52,32 @@ def test_two_ranks_under_torchrun_match_one_process_and_only_rank_0_writes(tmp_p
     assert one["local"]["hparams"] != one["fixed"]["hparams"]  # something was tuned
 
 
-@pytest.mark.parametrize(("command", "fragment"), [
-    (["search", "--task", "quadratic"], "glocal search: does not run under torchrun"),
-    (["bench", "estimator", "--quick"], "glocal bench: does not run under torchrun"),
-])
-def test_commands_that_are_not_data_parallel_refuse_to_run_under_torchrun(command, fragment, monkeypatch, capsys):
+def test_commands_that_are_not_data_parallel_refuse_to_run_under_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(command) == 2
-    assert fragment in capsys.readouterr().err
+    assert main(["bench", "estimator", "--quick"]) == 2
+    assert "glocal bench: does not run under torchrun" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_search_run_by_one_torchrun_job_has_the_trials_of_a_one_process_search(tmp_path):
+    """Rank 0 runs the study and the other rank joins each trial's run, pruned ones included."""
+    pytest.importorskip("optuna")
+    from glocal_bench import search
+    from glocal_bench.experiment import Settings
+
+    argv = ["search", "--task", "quadratic", "--inner", "local", "--budget-runs", "4", "--steps", "100",
+            "--window", "25", "--startup-trials", "2", "--spread", "100", "--threads", "1", "--quiet"]
+    single = _run([sys.executable, "-m", "glocal", *argv, "--out", str(tmp_path / "one")], 240)
+    assert single.returncode == 0, single.stderr
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "glocal"]
+    both = _run([*launcher, *argv, "--out", str(tmp_path / "two")], 240)
+    assert both.returncode == 0, both.stderr
+    settings = Settings(steps=100, window=25)
+    one, two = (search.load_search("quadratic", "local", 0, f"sqlite:///{tmp_path / d / 'study.db'}",
+                                   settings=settings).trials for d in ("one", "two"))
+    assert [t["state"] for t in one] == [t["state"] for t in two]
+    assert "PRUNED" in [t["state"] for t in one]  # the stop signal to the other rank was exercised
+    for a, b in zip(one, two, strict=True):
+        assert a["params"] == pytest.approx(b["params"], rel=1e-12) and a["steps"] == b["steps"]
+        if a["value"] is not None:
+            assert b["value"] == pytest.approx(a["value"], rel=1e-10)
