@@ -81,3 +81,35 @@ def test_a_search_run_by_one_torchrun_job_has_the_trials_of_a_one_process_search
         assert a["params"] == pytest.approx(b["params"], rel=1e-12) and a["steps"] == b["steps"]
         if a["value"] is not None:
             assert b["value"] == pytest.approx(a["value"], rel=1e-10)
+
+
+@pytest.mark.slow
+def test_two_torchrun_jobs_share_one_study_as_workers_without_lost_or_duplicated_trials(tmp_path):
+    """The two-level recipe: each worker of one study is a 2-rank data-parallel job."""
+    pytest.importorskip("optuna")
+    from glocal_bench import search
+    from glocal_bench.experiment import Settings
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    argv = ["search", "--task", "quadratic", "--inner", "local", "--budget-runs", "4", "--steps", "100",
+            "--window", "25", "--pruner", "none", "--storage", storage, "--study-name", "shared", "--threads", "1",
+            "--quiet"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "glocal"]
+    jobs = [subprocess.Popen([*launcher, *argv, "--out", str(tmp_path / f"job{j}")], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True) for j in range(2)]
+    try:
+        for job in jobs:
+            _, err = job.communicate(timeout=300)
+            assert job.returncode == 0, err
+    finally:
+        for job in jobs:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+    result = search.load_search("quadratic", "local", 0, storage, "shared", settings=Settings(steps=100, window=25))
+    states = [t["state"] for t in result.trials]
+    assert "RUNNING" not in states and "WAITING" not in states and "FAIL" not in states  # none lost
+    assert [t["number"] for t in result.trials] == list(range(len(result.trials)))
+    done = [t for t in result.trials if t["state"] == "COMPLETE"]  # (a job that lost the race for the
+    assert len(done) == 4 and 4 <= result.spent_runs < 5  # last budget prunes its trial at step 0)
+    assert len({tuple(sorted(t["params"].items())) for t in done}) == 4
+    assert len({t["worker"] for t in result.trials}) == 2  # both jobs ran trials
