@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from gloo_ranks import expect_ok, run_ranks
+from torch.nn import functional as F
 
-from glocal.distributed import DistributedError, Reducer, shard
+import glocal
+from glocal.distributed import DistributedError, Reducer, resolve_reducer, shard
+from glocal.hypergrad.factory import make_engine
 
 
 def test_without_a_process_group_the_reducer_is_an_identity():
@@ -68,3 +71,46 @@ def test_means_start_up_broadcast_and_agreement_check_on_two_gloo_processes():
                                                                                              dtype=torch.float64))
         assert "ranks diverged: phi (the hyperparameters)" in v["phi_error"]
         assert "ranks diverged: the model parameters" in v["param_error"]
+
+
+def test_auto_is_none_without_a_process_group_and_bad_reducers_are_refused():
+    assert resolve_reducer("auto") is None and resolve_reducer(None) is None
+    with pytest.raises(ValueError, match="reducer='always': expected 'auto', None"):
+        resolve_reducer("always")
+    with pytest.raises(TypeError, match="reducer: expected 'auto', None or a callable"):
+        resolve_reducer(5)
+
+
+def test_reverse_mode_and_the_compiled_step_refuse_a_reducer():
+    model = torch.nn.Linear(3, 2)
+    space = glocal.HyperSpace(lr=glocal.Log(0.1))
+    loss = torch.nn.functional.mse_loss
+    with pytest.raises(ValueError, match="mode='reverse' with a reducer"):
+        make_engine("reverse", model, glocal.optim.SGD(), space, loss, reducer=Reducer())
+    with pytest.raises(ValueError, match="compile=True"):
+        make_engine("forward", model, glocal.optim.SGD(), space, loss, compile=True, reducer=Reducer())
+
+
+def test_any_callable_reducer_is_applied_per_tensor_in_one_process():
+    """A user's callable (here: the mean over one rank, i.e. the identity, counting its calls)."""
+    calls = []
+
+    def one_rank_mean(t: torch.Tensor) -> torch.Tensor:
+        calls.append(t.shape)
+        return t.clone()
+
+    results = []
+    for reducer in (None, one_rank_mean):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
+        space = glocal.HyperSpace(lr=glocal.Log(0.1))
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(24, 4, generator=g, dtype=torch.float64), torch.randint(0, 2, (24,), generator=g)
+        tuner = glocal.Tuner(model, glocal.optim.SGD(momentum=0.5), space, F.cross_entropy, F.cross_entropy,
+                             glocal.Local(window=3), val=(x[16:], y[16:]), reducer=reducer)
+        for _ in range(6):
+            tuner.step((x[:16], y[:16]))
+        results.append((space.raw.detach().clone(), [p.detach().clone() for p in model.parameters()]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1], strict=True))
+    assert len(calls) > 6  # gradient, tangents, losses: the hook was used
