@@ -6,9 +6,11 @@ Bad arguments give a one-line error on stderr and exit code 2, never a traceback
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import math
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -17,7 +19,9 @@ from typing import Any, NoReturn
 
 import torch
 
-from . import atomic, estimator_bench, experiment, report, tasks
+from glocal.distributed import DistributedError
+
+from . import atomic, estimator_bench, experiment, parallel, report, tasks
 from .experiment import STRATEGIES, Settings
 from .progress import ProgressBar
 from .redact import redact
@@ -267,6 +271,7 @@ def _preflight(task: str, settings: Settings) -> None:
             from glocal.strategies import Glocal
 
             Glocal(window=settings.window, total_steps=built.total_steps, record_every=settings.record_every)
+        parallel.check_task(built, settings.compile)  # under torchrun only
     except ValueError as error:
         raise UsageError(f"glocal: {error}") from None
 
@@ -343,13 +348,21 @@ def _checkpoint(args: argparse.Namespace, out: Path, strategies: Sequence[str], 
 
 def _run_or_compare(args: argparse.Namespace, strategies: Sequence[str], seeds: Sequence[int], settings: Settings,
                     default_out: Path, title: str, argv: Sequence[str]) -> int:
+    data_parallel = parallel.requested_size() > 1
+    if data_parallel and args.resume:
+        raise UsageError("glocal: --resume: not available under torchrun (a data-parallel run restarts)")
+    if not parallel.current().writer:  # a torchrun rank other than 0: trains in step, writes nothing
+        _finish(_execute(args.task, strategies, seeds, settings, True), None, title, argv)
+        return 0
     out = _output_folder(args.out or default_out)
     if args.out is None:
         print(f"glocal: no --out given; writing to {out}", file=sys.stderr)
-    checkpoint = _checkpoint(args, out, strategies, seeds, settings)
+    # under torchrun every rank would have to load the checkpoint: data-parallel runs are not checkpointed
+    checkpoint = None if data_parallel else _checkpoint(args, out, strategies, seeds, settings)
     records = _execute(args.task, strategies, seeds, settings, args.quiet, checkpoint, args.checkpoint_every)
     _finish(records, out, title, argv)
-    checkpoint.remove()
+    if checkpoint is not None:
+        checkpoint.remove()
     return 0
 
 
@@ -371,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "threads", None):
             torch.set_num_threads(args.threads)
+        _join_data_parallel(args)
         if args.command == "tasks":
             for name, text in tasks.describe().items():
                 print(f"{name:<24} {text}")
@@ -383,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = demo_settings()
             print(f"glocal demo: {DEMO_TASK}, initial lr {settings.init['lr']:.3g} "
                   f"({DEMO_LR_FACTOR:g}x below the task default), strategies fixed, local, glocal, global")
-            out = _output_folder(args.out)
+            out = None if args.out is None else _output_folder(args.out)  # None: a torchrun rank other than 0
             records = _execute(DEMO_TASK, ("fixed", "local", "glocal", "global"), [args.seed], settings, args.quiet)
             _finish(records, out, f"glocal demo on {DEMO_TASK}", argv)
             return 0
@@ -418,6 +432,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloatingPointError as error:  # training cannot go on (e.g. non-finite weights, nothing to restore)
         print(f"glocal: training stopped: {error}", file=sys.stderr)
         return 1
+    except DistributedError as error:  # a peer process died or stalled under torchrun
+        print(str(error), file=sys.stderr)
+        return 1
+
+
+def _join_data_parallel(args: argparse.Namespace) -> None:
+    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group; ranks other than 0 stay silent and
+    write nothing (only rank 0 prints and writes results). Outside torchrun: nothing."""
+    if parallel.requested_size() == 1:
+        return
+    if args.command not in parallel.PARALLEL_COMMANDS:
+        raise UsageError(f"glocal {args.command}: does not run under torchrun (data-parallel commands: "
+                         f"{', '.join(parallel.PARALLEL_COMMANDS)}); run it as one process")
+    world = parallel.init_from_env()
+    atexit.register(parallel.shutdown)
+    if not world.writer:
+        args.quiet = True
+        args.out = None
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process's life
 
 
 def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -> int:
@@ -432,6 +465,12 @@ def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -
         if inner not in search.INNER:
             raise UsageError(f"glocal: unknown --inner {inner!r}; expected one of {', '.join(search.INNER)}")
     _preflight(args.task, settings)
+    if not parallel.current().writer:  # under torchrun: rank 0 runs the study, this rank joins its runs
+        parallel.follow(experiment.run)
+        if args.baselines:
+            _execute(args.task, ("grid", "local", "glocal"), list(range(args.seed, args.seed + args.seeds)),
+                     settings, True)
+        return 0
     out = _output_folder(args.out or Path("runs/search"))
     storage = args.storage or f"sqlite:///{out / 'study.db'}"
     seeds = list(range(args.seed, args.seed + args.seeds))
@@ -457,6 +496,8 @@ def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -
                 records.append(result.record())
     except search.SearchError as error:
         raise UsageError(f"glocal: {error}") from None
+    finally:
+        parallel.end_leading()
     if args.baselines:
         records += _execute(args.task, ("grid", "local", "glocal"), seeds, settings, args.quiet)
     _finish(records, out, f"search on {args.task}", argv)
