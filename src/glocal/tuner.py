@@ -13,11 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distributed import resolve_reducer
 from .hypergrad.engine import Validation
 from .hypergrad.factory import make_engine
 from .hypergrad.functional import Batch, LossFn
 from .hypergrad.tangents import Reducer
-from .loop import History, OnlineLoop, check_strategy
+from .loop import History, OnlineLoop, check_like, check_strategy
 from .optim.base import InnerOptimizer
 from .space import HyperSpace
 from .strategies.base import Strategy
@@ -42,8 +43,14 @@ class Tuner(OnlineLoop):
     counts as divergence; either undoes the last phi update and restores the model and inner
     optimizer state saved when it was made (counted in ``skipped_steps``, ``divergences`` and
     ``reverted_updates``). ``compile=True`` runs the forward-mode step through ``torch.compile``
-    (SGD/AdamW, models without buffers; speed in docs/benchmarks.md). ``reducer``: the all-reduce
-    hook for data-parallel training (None: one process).
+    (SGD/AdamW, models without buffers; speed in docs/benchmarks.md).
+
+    Data-parallel (``torchrun``): with ``reducer="auto"`` (the default) and an initialised default
+    process group of more than one rank, every rank trains on its own shard of each batch and
+    ``glocal.distributed.Reducer`` averages the training gradient and loss, the gradient tangents,
+    the validation loss and h; parameters, buffers and phi start from rank 0's and are checked to
+    agree at every window's end. ``reducer=None`` trains each process on its own; any callable
+    (tensor -> its mean over ranks) may be given instead.
 
     ``record_val`` (opt-in, cheaper): validation data for the records *between* window ends, e.g. a
     fixed sub-batch of ``val`` (a batch or a callable); the window's end always uses ``val``. The
@@ -66,10 +73,14 @@ class Tuner(OnlineLoop):
         clip_norm: float | None = 1.0,
         compile: bool = False,
         divergence_factor: float | None = 100.0,
-        reducer: Reducer | None = None,
+        reducer: Reducer | str | None = "auto",
         record_val: Validation | None = None,
     ) -> None:
         check_strategy(strategy)
+        reducer = resolve_reducer(reducer)
+        sync = getattr(reducer, "sync_start", None)
+        if sync is not None:
+            sync(model, space.raw)
         engine = make_engine(strategy.mode, model, optimizer, space, train_loss, val_loss, compile=compile,
                              reducer=reducer)
         super().__init__(engine, space, strategy, hyper_optimizer, clip_norm=clip_norm,
@@ -77,6 +88,9 @@ class Tuner(OnlineLoop):
         self.model = model
         self.val = val
         self.record_val = record_val
+
+    def _agreement_params(self) -> list[torch.Tensor]:
+        return list(self.model.parameters())
 
     def step(self, train_batch: Batch, val_batch: Validation | None = None) -> dict[str, Any]:
         """Train on one batch; at record points and window ends also validate and update phi."""
@@ -94,7 +108,28 @@ class Tuner(OnlineLoop):
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 
+    def check_state_dict(self, state: Any) -> None:
+        """Raise ValueError (naming the entry) unless ``state`` fits this Tuner; changes nothing."""
+        self.check_loop_state_dict(state)
+        for key in ("model", "rng"):
+            if key not in state:
+                raise ValueError(f"state: missing {key!r} (not a Tuner.state_dict())")
+        own = self.model.state_dict()
+        given = state["model"]
+        if not isinstance(given, dict) or set(given) != set(own):
+            extra = sorted(set(given) - set(own)) if isinstance(given, dict) else []
+            missing = sorted(set(own) - set(given)) if isinstance(given, dict) else []
+            raise ValueError(f"state['model']: not this model's state_dict (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]})")
+        check_like(own, given, "state['model']")
+        rng = state["rng"]
+        if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+            raise ValueError("state['rng']: expected torch.get_rng_state() output")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from ``state_dict()`` output: everything is checked first, so a bad state (another
+        model, another space, a corrupted entry) raises ValueError and changes nothing."""
+        self.check_state_dict(state)
         self.model.load_state_dict(state["model"])
         self.load_loop_state_dict(state)
         torch.set_rng_state(state["rng"])
