@@ -16,7 +16,7 @@ from glocal_bench import experiment, report
 from glocal_bench.cli import main
 from glocal_bench.resume import FILE
 
-TIMING = {"wall_seconds", "compute_seconds"}
+TIMING = {"wall_seconds", "compute_seconds", "cpu_seconds"}
 
 
 def _comparable(record):
