@@ -40,7 +40,9 @@ def test_two_workers_complete_one_sqlite_study_without_lost_or_duplicated_trials
     params = [tuple(sorted(t["params"].items())) for t in done]
     assert len(set(params)) == len(params)
     assert all((tmp_path / f"w{i}" / "results.json").exists() for i in range(2))
-    assert len({t["worker"] for t in result.trials}) == 2  # both workers ran trials
+    # both workers ran trials (a trial that lost the race for the last budget is pruned at step 0 before it
+    # records a worker: by design, see search.run_search)
+    assert len({t["worker"] for t in result.trials if t["reason"] != "budget"}) == 2
 
 
 def _running_steps(db: Path) -> int:
