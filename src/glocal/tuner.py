@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from .hypergrad import ForwardEngine, PlainEngine, ReverseEngine
 from .hypergrad.engine import Engine, Validation
 from .hypergrad.functional import Batch, LossFn
 from .optim.base import InnerOptimizer
+from .records import Listener, emit, revert_record, step_record, val_record, window_record
 from .space import HyperSpace
 from .strategies.base import Strategy, WindowEstimate
 
@@ -49,6 +50,9 @@ class Tuner:
     hypergradient into ``space.raw.grad`` and steps ``hyper_optimizer`` (any ``torch.optim``
     optimizer over ``[space.raw]``; default: SGD with lr 0.1). ``val_batch`` may be omitted when
     ``val`` (a fixed batch or a callable returning one) was given here.
+    ``listeners`` (functions of a ``glocal.records.Record``) receive every step's training loss,
+    every record point's validation loss and every window's hyperparameters, hypergradients and
+    estimator diagnostics, e.g. ``glocal.integrations.tensorboard.TensorBoardListener``.
 
     Failures never corrupt the model or phi: a step whose loss or new parameters are not finite is
     not applied, and a training loss above ``divergence_factor`` times the previous window's mean
@@ -73,6 +77,7 @@ class Tuner:
         clip_norm: float | None = 1.0,
         compile: bool = False,
         divergence_factor: float | None = 100.0,
+        listeners: Sequence[Listener] = (),
     ) -> None:
         if divergence_factor is not None and not (divergence_factor > 1 and math.isfinite(divergence_factor)):
             raise ValueError(f"divergence_factor={divergence_factor!r}: expected a finite number > 1, or None")
@@ -100,6 +105,8 @@ class Tuner:
                 raise ValueError("hyper_optimizer: it must optimize space.raw, e.g. torch.optim.Adam([space.raw])")
         self.hyper_optimizer = hyper_optimizer
         self.history = History()
+        #: called with a ``glocal.records.Record`` per step, record point and window (any logger)
+        self.listeners: list[Listener] = list(listeners)
         self.step_count = 0
         self.steps_in_window = 0
         self.buffer: list[Tensor] = []
@@ -134,14 +141,17 @@ class Tuner:
         record: dict[str, Any] = {"step": self.step_count, "train_loss": train_loss, "updated": False}
         if self.engine.skipped_steps > skipped_before:
             record["skipped"] = True
+            emit(self.listeners, step_record(self.step_count, train_loss, skipped=True))
             if window > 0:
                 self._recover()
             return record
         if window > 0 and self._diverged(train_loss):
             record["diverged"] = True
             self.divergences += 1
+            emit(self.listeners, step_record(self.step_count, train_loss, diverged=True))
             self._recover()
             return record
+        emit(self.listeners, step_record(self.step_count, train_loss))
         if window == 0:
             return record
         self.steps_in_window += 1
@@ -151,8 +161,10 @@ class Tuner:
             self.history.val_steps.append(self.step_count)
             self.history.val_loss.append(val_loss)
             record["val_loss"] = val_loss
+            emit(self.listeners, val_record(self.step_count, val_loss))
         if self.steps_in_window == window:
             record["updated"] = self._end_window()
+            emit(self.listeners, window_record(self.step_count, self.space, self.history.windows[-1]))
         return record
 
     @property
@@ -186,6 +198,7 @@ class Tuner:
             self.reverted_updates += 1
             if self.history.windows:
                 self.history.windows[-1]["reverted"] = True
+            emit(self.listeners, revert_record(self.step_count))
         self.steps_in_window = 0
         self.buffer = []
 

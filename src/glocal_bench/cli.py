@@ -92,6 +92,12 @@ def _tuning_options(parser: argparse.ArgumentParser) -> None:
                         "models without buffers)")
 
 
+def _log_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-dir", type=Path, default=None, metavar="DIR",
+                        help="write TensorBoard event files, one run per strategy and seed in DIR/STRATEGY-seedN "
+                        "(losses, hyperparameters, hypergradients, estimator diagnostics; needs glocal[tensorboard])")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="glocal", description="Online hyperparameter tuning with glocal hypergradients.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -108,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strategy", required=True, help=f"one of {', '.join(STRATEGIES)}")
     run.add_argument("--seed", type=int, default=0)
     _tuning_options(run)
+    _log_dir_option(run)
 
     compare = sub.add_parser("compare", help="several strategies and seeds on one task")
     compare.add_argument("--task", required=True, help="task name (see `glocal tasks`)")
@@ -116,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=_positive_int, default=1, help="number of seeds (0..N-1)")
     compare.add_argument("--quick", action="store_true", help="reduced budget: about a minute per task")
     _tuning_options(compare)
+    _log_dir_option(compare)
     search = sub.add_parser(
         "search", help="Optuna TPE over initial hyperparameters, each trial an online-tuned run (persistent study)",
         description="Outer Optuna search (seeded TPE, pruning) over the task's initial hyperparameters; every trial "
@@ -255,15 +263,39 @@ def _preflight(task: str, settings: Settings) -> None:
         raise UsageError(f"glocal: {error}") from None
 
 
-def _execute(task: str, strategies: Sequence[str], seeds: Sequence[int], settings: Settings, quiet: bool
-             ) -> list[dict[str, Any]]:
+def _tensorboard(log_dir: Path | None, strategy: str, seed: int) -> Any:
+    """A TensorBoard listener for one run in ``log_dir/STRATEGY-seedN``, or None without ``--log-dir``."""
+    if log_dir is None:
+        return None
+    try:
+        from glocal.integrations.tensorboard import TensorBoardListener
+    except ImportError as error:
+        raise UsageError(f"glocal: --log-dir: {error}") from None
+    return TensorBoardListener(log_dir / f"{strategy}-seed{seed}")
+
+
+def _execute(task: str, strategies: Sequence[str], seeds: Sequence[int], settings: Settings, quiet: bool,
+             log_dir: Path | None = None) -> list[dict[str, Any]]:
     records = []
     for seed in seeds:
         for strategy in strategies:
             total = experiment.planned_steps(task, strategy, settings, seed)
             bar = ProgressBar(total, f"{strategy} seed {seed}", enabled=not quiet)
-            records.append(experiment.run(task, strategy, seed, settings, progress=bar))
-            bar.close()
+            writer = _tensorboard(log_dir, strategy, seed)
+
+            def on_record(record: Any, bar: ProgressBar = bar, writer: Any = writer) -> None:
+                bar.show(record)
+                if writer is not None:
+                    writer(record)
+
+            try:
+                records.append(experiment.run(task, strategy, seed, settings, progress=bar, on_record=on_record))
+            finally:
+                bar.close()
+                if writer is not None:
+                    writer.close()
+    if log_dir is not None:
+        print(f"wrote TensorBoard event files under {log_dir} (tensorboard --logdir {log_dir})")
     return records
 
 
@@ -317,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             _check_strategies([args.strategy])
             _preflight(args.task, settings)
-            records = _execute(args.task, [args.strategy], [args.seed], settings, args.quiet)
+            records = _execute(args.task, [args.strategy], [args.seed], settings, args.quiet, args.log_dir)
             _finish(records, args.out, f"{args.strategy} on {args.task}", argv)
             return 0
         strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -325,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.quick:
             settings = quick_settings(args.task, settings)
         _preflight(args.task, settings)
-        records = _execute(args.task, strategies, list(range(args.seeds)), settings, args.quiet)
+        records = _execute(args.task, strategies, list(range(args.seeds)), settings, args.quiet, args.log_dir)
         _finish(records, args.out, f"compare on {args.task}", argv)
         return 0
     except UsageError as error:

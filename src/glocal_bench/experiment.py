@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from glocal.records import Listener, Record, step_record, val_record, window_record
 from glocal.strategies import Fixed, Global, Glocal, Local
 from glocal.tuner import Tuner
 
@@ -117,8 +118,22 @@ def _curve_every(total: int, settings: Settings) -> int:
     return max(1, total // max(1, settings.curve_points))
 
 
+def _shifted(listener: Listener | None, offset: int) -> list[Listener]:
+    """``listener`` receiving records with steps counted from ``offset`` (runs after restarts)."""
+    if listener is None:
+        return []
+    if offset == 0:
+        return [listener]
+
+    def forward(record: Record) -> None:
+        listener(record.shifted(offset))
+
+    return [forward]
+
+
 def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progress: Progress | None,
-            on_curve: CurveHook | None = None) -> dict[str, Any]:
+            on_curve: CurveHook | None = None, on_record: Listener | None = None, offset: int = 0
+            ) -> dict[str, Any]:
     total = task.total_steps
     if strategy_name == "fixed":
         strategy: Any = Fixed()
@@ -129,7 +144,8 @@ def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progr
                           mode=task.mode, koopman=dict(settings.koopman))
     hyper = None if strategy_name == "fixed" else _hyper_optimizer(task, settings)
     tuner = Tuner(task.model, task.optimizer, task.space, task.train_loss, task.val_loss, strategy, hyper,
-                  val=task.val, clip_norm=settings.clip_norm, compile=settings.compile)
+                  val=task.val, clip_norm=settings.clip_norm, compile=settings.compile,
+                  listeners=_shifted(on_record, offset))
     batches = task.batches(seed)
     every = _curve_every(total, settings)
     curve: list[list[float]] = []
@@ -155,7 +171,8 @@ def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progr
             "fallbacks": tuner.fallbacks, "windows": windows}
 
 
-def _global(task: Task, settings: Settings, seed: int, progress: Progress | None) -> dict[str, Any]:
+def _global(task: Task, settings: Settings, seed: int, progress: Progress | None,
+            on_record: Listener | None = None) -> dict[str, Any]:
     total = task.total_steps
     every = _curve_every(total, settings)
     curve: list[list[float]] = []
@@ -168,6 +185,12 @@ def _global(task: Task, settings: Settings, seed: int, progress: Progress | None
             curve.append([counter["steps"], validation_loss(task)])
         if record["updated"]:
             trajectory.append({"step": counter["steps"], **_compact_hparams(task.space.to_dict())})
+        if on_record is not None:  # records at inner steps executed, restarts included
+            on_record(step_record(counter["steps"], record["train_loss"], skipped=bool(record.get("skipped"))))
+            if "val_loss" in record:
+                on_record(val_record(counter["steps"], record["val_loss"]))
+            if record["updated"]:
+                on_record(window_record(counter["steps"], task.space, {"hparams": task.space.to_dict()}))
         if progress is not None:
             progress(1)
 
@@ -181,7 +204,8 @@ def _global(task: Task, settings: Settings, seed: int, progress: Progress | None
             "outer": result.outer}
 
 
-def _grid(name: str, seed: int, settings: Settings, progress: Progress | None) -> tuple[Task, dict[str, Any]]:
+def _grid(name: str, seed: int, settings: Settings, progress: Progress | None,
+          on_record: Listener | None = None) -> tuple[Task, dict[str, Any]]:
     probe = build_task(name, seed, settings)
     configurations = probe.grid_configurations()
     best: tuple[float, Task, dict[str, Any]] | None = None
@@ -190,7 +214,7 @@ def _grid(name: str, seed: int, settings: Settings, progress: Progress | None) -
     tried = []
     for config in configurations:
         task = build_task(name, seed, Settings(**{**asdict(settings), "init": {**settings.init, **config}}))
-        part = _online(task, "fixed", settings, seed, progress)
+        part = _online(task, "fixed", settings, seed, progress, on_record=on_record, offset=inner)
         inner += part["inner_steps"]
         compute += part["compute_seconds"]
         val_loss = validation_loss(task)
@@ -204,23 +228,26 @@ def _grid(name: str, seed: int, settings: Settings, progress: Progress | None) -
 
 
 def run(name: str, strategy: str, seed: int = 0, settings: Settings | None = None,
-        progress: Progress | None = None, on_curve: CurveHook | None = None) -> dict[str, Any]:
+        progress: Progress | None = None, on_curve: CurveHook | None = None,
+        on_record: Listener | None = None) -> dict[str, Any]:
     """Run ``strategy`` on task ``name`` and return its result record (see module docstring).
 
     ``on_curve(step, val_loss)`` (fixed/local/glocal only) is called at every curve point; an
     exception it raises stops the run and propagates (used by ``glocal_bench.search`` to prune).
+    ``on_record`` receives the run's ``glocal.records.Record`` s, steps counted as inner steps
+    executed (grid configurations and global's restarts follow each other).
     """
     settings = settings or Settings()
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     started = time.perf_counter()
     if strategy == "grid":
-        task, part = _grid(name, seed, settings, progress)
+        task, part = _grid(name, seed, settings, progress, on_record)
     else:
         task = build_task(name, seed, settings)
         settings.validate(task.total_steps)
-        part = _global(task, settings, seed, progress) if strategy == "global" else _online(
-            task, strategy, settings, seed, progress, on_curve)
+        part = _global(task, settings, seed, progress, on_record) if strategy == "global" else _online(
+            task, strategy, settings, seed, progress, on_curve, on_record)
     metrics = task.evaluate()
     record: dict[str, Any] = {
         "task": name,
