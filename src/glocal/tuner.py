@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .amp import model_autocast
 from .hypergrad import ForwardEngine, PlainEngine, ReverseEngine
 from .hypergrad.engine import Engine, Validation
 from .hypergrad.functional import Batch, LossFn
@@ -127,7 +128,15 @@ class Tuner:
 
     # -- the loop --------------------------------------------------------------------------
     def step(self, train_batch: Batch, val_batch: Validation | None = None) -> dict[str, Any]:
-        """Train on one batch; at record points and window ends also validate and update phi."""
+        """Train on one batch; at record points and window ends also validate and update phi.
+
+        Inside ``torch.autocast(..., dtype=torch.bfloat16)`` only the model's forward passes run in
+        bfloat16; tangents and hypergradients stay in the parameters' dtype (``glocal.amp``).
+        """
+        with model_autocast(self.engine.fmodel, self.engine.device.type):
+            return self._step(train_batch, val_batch)
+
+    def _step(self, train_batch: Batch, val_batch: Validation | None) -> dict[str, Any]:
         val = val_batch if val_batch is not None else self.val
         window = self.strategy.window
         if window > 0 and val is None:
