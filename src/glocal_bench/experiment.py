@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from glocal.outer import Global
 from glocal.records import Listener, Record, step_record, val_record, window_record
-from glocal.strategies import Fixed, Global, Glocal, Local
+from glocal.strategies import Fixed, Glocal, Local
 from glocal.tuner import Tuner
 
 from . import tasks
