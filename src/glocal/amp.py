@@ -15,13 +15,14 @@ the double backward and the tangent propagation that forward-mode hypergradients
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["FLOAT16_REFUSED", "check_autocast_dtype", "model_autocast"]
+T = TypeVar("T")
+__all__ = ["FLOAT16_REFUSED", "check_autocast_dtype", "full_precision", "model_autocast", "under_autocast"]
 
 FLOAT16_REFUSED = (
     "float16 autocast is not supported: float16 needs loss scaling (torch.amp.GradScaler), which scales one "
@@ -57,3 +58,30 @@ def model_autocast(model: Any, device_type: str) -> Iterator[None]:
             yield
     finally:
         model.autocast_dtype = previous
+
+
+@contextmanager
+def full_precision(device_type: str) -> Iterator[torch.dtype | None]:
+    """Autocast off inside; yields the enclosing autocast's dtype (None without one; float16 refused).
+
+    The drop-in optimizers step inside it: the tangent propagation and the hypergradient run in the
+    parameters' dtype even when ``opt.step()`` is called inside an autocast region.
+    """
+    if not torch.is_autocast_enabled(device_type):
+        yield None
+        return
+    dtype = check_autocast_dtype(torch.get_autocast_dtype(device_type))
+    with torch.autocast(device_type, enabled=False):
+        yield dtype
+
+
+def under_autocast(fn: Callable[[], T], device_type: str, dtype: torch.dtype | None) -> Callable[[], T]:
+    """``fn`` called under autocast to ``dtype`` (``fn`` itself when ``dtype`` is None)."""
+    if dtype is None:
+        return fn
+
+    def call() -> T:
+        with torch.autocast(device_type, dtype=dtype):
+            return fn()
+
+    return call

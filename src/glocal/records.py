@@ -2,8 +2,8 @@
 
 The Tuner (and the drop-in optimizers) call their listeners with a :class:`Record` at each event:
 
-* ``"step"`` after every training step: ``train/loss`` (``train/skipped``, ``train/diverged`` = 1
-  when the step was not applied or judged divergent);
+* ``"step"`` after every training step: ``train/loss`` when known (``train/skipped``,
+  ``train/diverged`` = 1 when the step was not applied or judged divergent);
 * ``"val"`` at every record point of a window: ``val/loss``;
 * ``"window"`` at every window's end: ``hparams/<name>`` (the values after the update),
   ``hypergrad_local/<name>`` (the last local hypergradient of the window), ``hypergrad_used/<name>``
@@ -55,7 +55,8 @@ Listener = Callable[[Record], None]
 
 
 def step_record(step: int, train_loss: float, *, skipped: bool = False, diverged: bool = False) -> Record:
-    scalars = {"train/loss": float(train_loss)}
+    """A training step; a NaN loss means "not known" (a drop-in optimizer stepped without a closure)."""
+    scalars = {} if math.isnan(train_loss) else {"train/loss": float(train_loss)}
     if skipped:
         scalars["train/skipped"] = 1.0
     if diverged:
