@@ -130,3 +130,15 @@ def test_a_module_without_a_glocal_optimizer_is_refused(tmp_path):
 
     with pytest.raises(TypeError, match=r"GlocalSGD or glocal\.GlocalAdamW"):
         _fit(_trainer(tmp_path, 2), Plain())
+
+
+@pytest.mark.parametrize("options", [{"gradient_clip_val": 0.5}, {"accumulate_grad_batches": 2}],
+                         ids=["clipping", "accumulation"])
+def test_lightning_gradient_clipping_and_accumulation_keep_tuning(tmp_path, options):
+    model = Net()
+    trainer = _trainer(tmp_path, 12, **options)
+    _fit(trainer, model)
+    (opt,) = trainer.optimizers
+    assert trainer.global_step == 12 and len(opt.history.windows) == 2
+    assert opt.hparams["lr"] != pytest.approx(0.02, rel=1e-3)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
