@@ -22,10 +22,11 @@ What each part does, and why:
   gives the optimizer its validation closure: ``val_loss(model, batch)`` (default: the model's
   ``loss`` output, so the batch carries ``labels``) on ``val_batch`` or on the batches of
   ``val_dataloader`` in turn, in eval mode.
-* **Logging.** At the end of a step with new glocal records the callback asks the Trainer to log;
-  the records' scalars (``glocal/hparams/lr``, hypergradients, estimator diagnostics, fallbacks,
-  the closure's validation loss) join that log entry (``trainer.state.log_history`` and every
-  reporter).
+* **Logging.** At the end of a step that ended a window (or reverted one, or skipped a step) the
+  callback asks the Trainer to log; the records' scalars (``glocal/hparams/lr``, hypergradients,
+  estimator diagnostics, fallbacks, the closure's latest validation loss) join that log entry
+  (``trainer.state.log_history`` and every reporter). Validation losses of record points in
+  between join the Trainer's next regular log (``logging_steps``).
 * **Checkpoints.** The Trainer saves ``optimizer.state_dict()`` and loads it with
   ``weights_only=True``; the drop-in's state dict holds the whole tuning state. The callback's
   position in ``val_dataloader`` is the number of record points so far (in the optimizer's
@@ -113,6 +114,7 @@ class GlocalCallback(TrainerCallback):
         self.trainer: Trainer | None = None
         self.optimizer: GlocalSGD | GlocalAdamW | None = None
         self._pending: dict[str, float] = {}
+        self._urgent = False  # a window, revert or skipped step is pending: ask for a log entry
         self._iterator: Iterator[Any] | None = None
         self._drawn = 0
 
@@ -196,9 +198,10 @@ class GlocalCallback(TrainerCallback):
         if record.kind == "step":  # the Trainer logs the training loss; keep only skipped/diverged flags
             scalars = {k: v for k, v in scalars.items() if k != "train/loss"}
         self._pending.update({f"glocal/{tag}": value for tag, value in scalars.items()})
+        self._urgent = self._urgent or (record.kind != "val" and bool(scalars))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self._pending:
+        if self._urgent:  # validation losses alone wait for the Trainer's next log (the latest is kept)
             control.should_log = True
         return control
 
@@ -209,4 +212,4 @@ class GlocalCallback(TrainerCallback):
         logs.update(self._pending)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(self._pending)
-        self._pending = {}
+        self._pending, self._urgent = {}, False
