@@ -198,13 +198,11 @@ class _GlocalOptimizer(torch.optim.Optimizer):
 
     def _collect_state(self) -> dict[str, list[Tensor]]:
         """The engine's state tensors back from ``self.state[p]`` (after ``load_state_dict``)."""
-        n, k = len(self._trainable), len(self.engine.state) // len(self._trainable)
-        names = self._STATE_NAMES[:k]
+        names = self._STATE_NAMES[:len(self.engine.state) // len(self._trainable)]
         out: dict[str, list[Tensor]] = {"inner_state": [self.state[p][name] for name in names for p in self._trainable]}
         if self.engine.tangents is not None:
             out["tangent_params"] = [self.state[p]["tangent"] for p in self._trainable]
             out["tangent_state"] = [self.state[p][f"{name}_tangent"] for name in names for p in self._trainable]
-        del n
         return out
 
     # -- the step ---------------------------------------------------------------------------
