@@ -119,3 +119,15 @@ def test_float16_and_an_overwriting_scheduler_are_refused(tmp_path):
     plain = transformers.Trainer(model=model, args=args, train_dataset=_sequences(8, 1))
     with pytest.raises(TypeError, match="no glocal optimizer"):
         GlocalCallback(val_batch={}).attach(plain)
+
+
+@pytest.mark.parametrize("options", [{"gradient_accumulation_steps": 2}, {"bf16": True}, {"max_grad_norm": 0.1}],
+                         ids=["accumulation", "bf16", "clipping"])
+def test_trainer_options_keep_tuning(tmp_path, options):
+    model = _model()
+    trainer, opt = _trainer(tmp_path, model, 8, **options)
+    _train(trainer)
+    assert trainer.state.global_step == 8 and len(opt.history.windows) == 2
+    assert opt.hparams["lr"] != pytest.approx(3e-3, rel=1e-3)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    assert all(t.dtype == torch.float32 for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
