@@ -125,8 +125,12 @@ def test_float16_and_an_overwriting_scheduler_are_refused(tmp_path):
                          ids=["accumulation", "bf16", "clipping"])
 def test_trainer_options_keep_tuning(tmp_path, options):
     model = _model()
+    seen = set()  # (output dtype, training mode) of one linear layer: training steps and validation closure
+    model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda m, args, out: seen.add((out.dtype, m.training)))
     trainer, opt = _trainer(tmp_path, model, 8, **options)
     _train(trainer)
+    dtype = torch.bfloat16 if options.get("bf16") else torch.float32
+    assert seen == {(dtype, True), (dtype, False)}
     assert trainer.state.global_step == 8 and len(opt.history.windows) == 2
     assert opt.hparams["lr"] != pytest.approx(3e-3, rel=1e-3)
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
