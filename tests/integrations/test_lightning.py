@@ -48,9 +48,10 @@ class Net(pl.LightningModule):
                                 window=6, record_every=2, total_steps=24, hyper_lr=1.0)
 
 
-def _trainer(tmp_path, max_steps, **options):
+def _trainer(tmp_path, max_steps, callback=None, **options):
     options.setdefault("logger", False)
-    return pl.Trainer(accelerator="cpu", max_steps=max_steps, callbacks=[GlocalCallback()], default_root_dir=tmp_path,
+    return pl.Trainer(accelerator="cpu", max_steps=max_steps, callbacks=[callback or GlocalCallback()],
+                      default_root_dir=tmp_path,
                       enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                       num_sanity_val_steps=0, log_every_n_steps=1, **options)
 
@@ -115,7 +116,12 @@ def test_resumed_from_lightning_checkpoint_ends_identical_to_an_uninterrupted_ru
 
 def test_bf16_mixed_tunes_and_float16_is_refused(tmp_path):
     model = Net()
-    _fit(_trainer(tmp_path, 12, precision="bf16-mixed"), model)
+    seen = set()  # (output dtype, training mode) of the first layer: training steps and validation closure
+    model.net[0].register_forward_hook(lambda m, args, out: seen.add((out.dtype, m.training)))
+    held_out = _data(64, 3).tensors  # the closure's batch; Lightning's own validation loop is off
+    _fit(_trainer(tmp_path, 12, GlocalCallback(val_batch=held_out), precision="bf16-mixed", limit_val_batches=0),
+         model)
+    assert seen == {(torch.bfloat16, True), (torch.bfloat16, False)}
     (opt,) = model.trainer.optimizers
     assert opt.hparams["lr"] != 0.02 and all(p.dtype == torch.float32 for p in model.parameters())
     assert all(t.dtype == torch.float32 for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
@@ -123,13 +129,17 @@ def test_bf16_mixed_tunes_and_float16_is_refused(tmp_path):
         _fit(_trainer(tmp_path, 12, precision="16-true"), Net())
 
 
-def test_a_module_without_a_glocal_optimizer_is_refused(tmp_path):
+def test_a_module_without_a_glocal_optimizer_or_without_validation_data_is_refused(tmp_path):
     class Plain(Net):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     with pytest.raises(TypeError, match=r"GlocalSGD or glocal\.GlocalAdamW"):
         _fit(_trainer(tmp_path, 2), Plain())
+    model = Net()
+    with pytest.raises(ValueError, match=r"no validation dataloader.*val_batch="):
+        _fit(_trainer(tmp_path, 4, limit_val_batches=0), model)
+    assert "backward" not in model.__dict__  # detached after the failure too
 
 
 @pytest.mark.parametrize("options", [{"gradient_clip_val": 0.5}, {"accumulate_grad_batches": 2}],

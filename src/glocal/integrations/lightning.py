@@ -189,12 +189,15 @@ class GlocalCallback(pl.Callback):
         loader = trainer.val_dataloaders
         if loader is None:  # not set up yet (no sanity check ran): ask the data source as Lightning would
             source = trainer.datamodule if trainer.datamodule is not None else self._module
-            loader = source.val_dataloader() if source is not None else None
+            try:
+                loader = source.val_dataloader() if source is not None else None
+            except Exception:  # e.g. not implemented: the loaders were given to fit(), validation is off
+                loader = None
         if isinstance(loader, list | tuple):
             loader = loader[0] if loader else None
         if loader is None:
-            raise ValueError("GlocalCallback: no validation data; pass val_batch= or give the Trainer a validation "
-                             "dataloader")
+            raise ValueError("GlocalCallback: no validation dataloader is set up (none given, or Lightning's "
+                             "validation is off, e.g. limit_val_batches=0); pass GlocalCallback(val_batch=...)")
         return loader
 
     def val_closure(self) -> Tensor:
