@@ -152,3 +152,27 @@ def test_lightning_gradient_clipping_and_accumulation_keep_tuning(tmp_path, opti
     assert trainer.global_step == 12 and len(opt.history.windows) == 2
     assert opt.hparams["lr"] != pytest.approx(0.02, rel=1e-3)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class Manual(Net):
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        opt.zero_grad()
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.manual_backward(loss)  # the callback's backward adds create_graph=True here too
+        opt.step()
+        return loss
+
+
+def test_manual_optimization_tunes_too(tmp_path):
+    model = Manual()
+    trainer = _trainer(tmp_path, 12)
+    _fit(trainer, model)
+    (opt,) = trainer.optimizers
+    assert trainer.global_step == 12 and len(opt.history.windows) == 2
+    assert opt.hparams["lr"] != pytest.approx(0.02, rel=1e-3)
