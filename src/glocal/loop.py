@@ -203,6 +203,7 @@ class OnlineLoop:
             self.skipped_updates += 1
             entry.update(skipped=True, hparams=self.space.to_dict())
             self.history.windows.append(entry)
+            self._check_ranks_agree()
             return False
         norm = float(hypergradient.norm())
         if self.clip_norm is not None and norm > self.clip_norm:
@@ -224,7 +225,19 @@ class OnlineLoop:
             self.engine.snapshot()
         entry.update(used=hypergradient.tolist(), norm=norm, hparams=self.space.to_dict())
         self.history.windows.append(entry)
+        self._check_ranks_agree()
         return not entry["skipped"]
+
+    def _agreement_params(self) -> list[Tensor]:
+        """The parameters whose fingerprint the per-window agreement check compares (the engine's
+        ``params`` where it has them; ``Tuner`` gives the model's)."""
+        return list(getattr(self.engine, "params", None) or [])
+
+    def _check_ranks_agree(self) -> None:
+        """Data-parallel: phi and the parameters must be bitwise equal on every rank (a clear error if not)."""
+        check = getattr(self.engine.reducer, "check_agree", None)
+        if check is not None:
+            check(self.space.raw, self._agreement_params())
 
     # -- checkpointing -----------------------------------------------------------------------
     def loop_state_dict(self) -> dict[str, Any]:

@@ -29,6 +29,10 @@ Mixed precision: run the forward (and ``val_closure``) under ``torch.autocast(..
 as usual; ``step()`` propagates tangents and takes hypergradients with autocast off, in the
 parameters' dtype, and calls ``val_closure`` under the autocast it was itself called in. float16
 is refused (``glocal.amp``), also through ``torch.amp.GradScaler.step``.
+
+Data-parallel (``torchrun``, see ``glocal.distributed``): with an initialised default process group
+every rank's ``.grad`` (and its graph's tangents), the closure's loss, the validation loss and h are
+averaged over the ranks before they are used, so every rank applies the same update.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from .amp import FLOAT16_REFUSED, full_precision, under_autocast
+from .distributed import resolve_reducer
 from .hypergrad.params_engine import ParamEngine
 from .loop import OnlineLoop
 from .optim.adamw import AdamW
@@ -84,6 +89,7 @@ class _GlocalOptimizer(torch.optim.Optimizer):
         divergence_factor: float | None,
         koopman: Mapping[str, Any] | None,
         model: nn.Module | None,
+        reducer: Any = "auto",
     ) -> None:
         super().__init__(params, defaults)
         if isinstance(tune, str):
@@ -124,8 +130,14 @@ class _GlocalOptimizer(torch.optim.Optimizer):
         inner = self._inner(self.param_groups)
         space = self.space if self.space is not None else HyperSpace(
             dtype=trainable[0].dtype, device=trainable[0].device, _unused=Log(1.0))
+        reducer = resolve_reducer(reducer)
+        if hasattr(reducer, "sync_start"):  # every rank starts from rank 0's parameters, buffers and phi
+            reducer.broadcast_(trainable, "parameters")
+            if model is not None:
+                reducer.broadcast_(list(model.buffers()), "model buffers")
+            reducer.sync_start(None, space.raw)
         self.engine = ParamEngine(trainable, groups, inner, space, {n: n for n in self.tuned},
-                                  tuned=self.strategy.window > 0, model=model)
+                                  tuned=self.strategy.window > 0, model=model, reducer=reducer)
         self.loop = OnlineLoop(
             self.engine, space, self.strategy,
             hyper_optimizer([space.raw]) if hyper_optimizer is not None and self.strategy.window > 0 else None,
@@ -309,6 +321,9 @@ class GlocalSGD(_GlocalOptimizer):
     "glocal" (needs ``total_steps``), "local" or "fixed". ``val_closure``: returns the validation
     loss (with ``model=`` given it runs in eval mode). ``hyper_optimizer``: a factory
     ``lambda params: torch.optim.Adam(params, lr=...)``; default SGD with ``hyper_lr``.
+    ``reducer``: data-parallel under ``torchrun`` as in ``glocal.Tuner`` ("auto": averaged over the
+    ranks of an initialised default process group; each rank computes its gradient on its shard, and
+    ``val_closure`` on its shard of the validation set; do not also wrap the model in DDP).
     """
 
     _TUNABLE: ClassVar[dict[str, type[Transform]]] = {"lr": Log, "momentum": Logit, "weight_decay": Log,
@@ -336,6 +351,7 @@ class GlocalSGD(_GlocalOptimizer):
         divergence_factor: float | None = 100.0,
         koopman: Mapping[str, Any] | None = None,
         model: nn.Module | None = None,
+        reducer: Any = "auto",
     ) -> None:
         SGD(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, dampening=dampening)  # checks
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
@@ -343,7 +359,7 @@ class GlocalSGD(_GlocalOptimizer):
         super().__init__(params, defaults, tune=tune, strategy=strategy, window=window, total_steps=total_steps,
                          val_closure=val_closure, record_every=record_every, hyper_lr=hyper_lr,
                          hyper_optimizer=hyper_optimizer, clip_norm=clip_norm, divergence_factor=divergence_factor,
-                         koopman=koopman, model=model)
+                         koopman=koopman, model=model, reducer=reducer)
 
     def _check_groups(self) -> None:
         if len({bool(g["nesterov"]) for g in self.param_groups}) != 1:
@@ -387,13 +403,14 @@ class GlocalAdamW(_GlocalOptimizer):
         divergence_factor: float | None = 100.0,
         koopman: Mapping[str, Any] | None = None,
         model: nn.Module | None = None,
+        reducer: Any = "auto",
     ) -> None:
         AdamW(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)  # checks the values
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults, tune=tune, strategy=strategy, window=window, total_steps=total_steps,
                          val_closure=val_closure, record_every=record_every, hyper_lr=hyper_lr,
                          hyper_optimizer=hyper_optimizer, clip_norm=clip_norm, divergence_factor=divergence_factor,
-                         koopman=koopman, model=model)
+                         koopman=koopman, model=model, reducer=reducer)
 
     @staticmethod
     def _read(group: dict[str, Any], name: str) -> float:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .amp import model_autocast
+from .distributed import resolve_reducer
 from .hypergrad.engine import Validation
 from .hypergrad.factory import make_engine
 from .hypergrad.functional import Batch, LossFn
@@ -45,11 +46,17 @@ class Tuner(OnlineLoop):
     counts as divergence; either undoes the last phi update and restores the model and inner
     optimizer state saved when it was made (counted in ``skipped_steps``, ``divergences`` and
     ``reverted_updates``). ``compile=True`` runs the forward-mode step through ``torch.compile``
-    (SGD/AdamW, models without buffers; speed in docs/benchmarks.md). ``reducer``: the all-reduce
-    hook for data-parallel training (None: one process). ``listeners`` (functions of a
+    (SGD/AdamW, models without buffers; speed in docs/benchmarks.md). ``listeners`` (functions of a
     ``glocal.records.Record``) receive every step's training loss, every record point's validation
     loss and every window's hyperparameters, hypergradients and estimator diagnostics, e.g.
     ``glocal.integrations.tensorboard.TensorBoardListener``.
+
+    Data-parallel (``torchrun``): with ``reducer="auto"`` (the default) and an initialised default
+    process group of more than one rank, every rank trains on its own shard of each batch and
+    ``glocal.distributed.Reducer`` averages the training gradient and loss, the gradient tangents,
+    the validation loss and h; parameters, buffers and phi start from rank 0's and are checked to
+    agree at every window's end. ``reducer=None`` trains each process on its own; any callable
+    (tensor -> its mean over ranks) may be given instead.
     """
 
     def __init__(
@@ -66,16 +73,23 @@ class Tuner(OnlineLoop):
         clip_norm: float | None = 1.0,
         compile: bool = False,
         divergence_factor: float | None = 100.0,
-        reducer: Reducer | None = None,
+        reducer: Reducer | str | None = "auto",
         listeners: Sequence[Listener] = (),
     ) -> None:
         check_strategy(strategy)
+        reducer = resolve_reducer(reducer)
+        sync = getattr(reducer, "sync_start", None)
+        if sync is not None:
+            sync(model, space.raw)
         engine = make_engine(strategy.mode, model, optimizer, space, train_loss, val_loss, compile=compile,
                              reducer=reducer)
         super().__init__(engine, space, strategy, hyper_optimizer, clip_norm=clip_norm,
                          divergence_factor=divergence_factor, listeners=listeners)
         self.model = model
         self.val = val
+
+    def _agreement_params(self) -> list[torch.Tensor]:
+        return list(self.model.parameters())
 
     def step(self, train_batch: Batch, val_batch: Validation | None = None) -> dict[str, Any]:
         """Train on one batch; at record points and window ends also validate and update phi.

@@ -6,8 +6,10 @@ Bad arguments give a one-line error on stderr and exit code 2, never a traceback
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -16,7 +18,9 @@ from typing import Any, NoReturn
 
 import torch
 
-from . import estimator_bench, experiment, report, tasks
+from glocal.distributed import DistributedError
+
+from . import estimator_bench, experiment, parallel, report, tasks
 from .experiment import STRATEGIES, Settings
 from .progress import ProgressBar
 
@@ -259,6 +263,7 @@ def _preflight(task: str, settings: Settings) -> None:
             from glocal.strategies import Glocal
 
             Glocal(window=settings.window, total_steps=built.total_steps, record_every=settings.record_every)
+        parallel.check_task(built, settings.compile)  # under torchrun only
     except ValueError as error:
         raise UsageError(f"glocal: {error}") from None
 
@@ -327,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "threads", None):
             torch.set_num_threads(args.threads)
+        _join_data_parallel(args)
         if args.command == "tasks":
             for name, text in tasks.describe().items():
                 print(f"{name:<24} {text}")
@@ -363,6 +369,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(str(error), file=sys.stderr)
         return 2
+    except DistributedError as error:  # a peer process died or stalled under torchrun
+        print(str(error), file=sys.stderr)
+        return 1
+
+
+def _join_data_parallel(args: argparse.Namespace) -> None:
+    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group; ranks other than 0 stay silent and
+    write nothing (only rank 0 prints and writes results). Outside torchrun: nothing."""
+    if parallel.requested_size() == 1:
+        return
+    if args.command not in parallel.PARALLEL_COMMANDS:
+        raise UsageError(f"glocal {args.command}: does not run under torchrun (data-parallel commands: "
+                         f"{', '.join(parallel.PARALLEL_COMMANDS)}); run it as one process")
+    world = parallel.init_from_env()
+    atexit.register(parallel.shutdown)
+    if not world.writer:
+        args.quiet = True
+        args.out = None
+        if hasattr(args, "log_dir"):  # TensorBoard event files from rank 0 only
+            args.log_dir = None
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process's life
 
 
 def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -> int:
@@ -374,6 +401,12 @@ def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -
         if inner not in search.INNER:
             raise UsageError(f"glocal: unknown --inner {inner!r}; expected one of {', '.join(search.INNER)}")
     _preflight(args.task, settings)
+    if not parallel.current().writer:  # under torchrun: rank 0 runs the study, this rank joins its runs
+        parallel.follow(experiment.run)
+        if args.baselines:
+            _execute(args.task, ("grid", "local", "glocal"), list(range(args.seed, args.seed + args.seeds)),
+                     settings, True)
+        return 0
     out = args.out or Path("runs/search")
     storage = args.storage or f"sqlite:///{out / 'study.db'}"
     seeds = list(range(args.seed, args.seed + args.seeds))
@@ -399,6 +432,8 @@ def _search(args: argparse.Namespace, settings: Settings, argv: Sequence[str]) -
                 records.append(result.record())
     except search.SearchError as error:
         raise UsageError(f"glocal: {error}") from None
+    finally:
+        parallel.end_leading()
     if args.baselines:
         records += _execute(args.task, ("grid", "local", "glocal"), seeds, settings, args.quiet)
     _finish(records, out, f"search on {args.task}", argv)

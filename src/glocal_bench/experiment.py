@@ -21,7 +21,7 @@ from glocal.records import Listener, Record, step_record, val_record, window_rec
 from glocal.strategies import Fixed, Glocal, Local
 from glocal.tuner import Tuner
 
-from . import tasks
+from . import parallel, tasks
 from .tasks.base import Task
 
 STRATEGIES = ("fixed", "local", "glocal", "global", "grid")
@@ -144,10 +144,11 @@ def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progr
         strategy = Glocal(window=settings.window, total_steps=total, record_every=settings.record_every,
                           mode=task.mode, koopman=dict(settings.koopman))
     hyper = None if strategy_name == "fixed" else _hyper_optimizer(task, settings)
+    # under torchrun every rank trains on its shard of each batch (identity in one process)
     tuner = Tuner(task.model, task.optimizer, task.space, task.train_loss, task.val_loss, strategy, hyper,
-                  val=task.val, clip_norm=settings.clip_norm, compile=settings.compile,
+                  val=parallel.shard_validation(task.val), clip_norm=settings.clip_norm, compile=settings.compile,
                   listeners=_shifted(on_record, offset))
-    batches = task.batches(seed)
+    batches = parallel.shard_batches(task.batches(seed))
     every = _curve_every(total, settings)
     curve: list[list[float]] = []
     trajectory: list[dict[str, Any]] = [{"step": 0, **_compact_hparams(task.space.to_dict())}]
@@ -197,8 +198,9 @@ def _global(task: Task, settings: Settings, seed: int, progress: Progress | None
 
     start = time.perf_counter()
     result = Global(outer_steps=settings.outer_steps, mode=task.mode).run(
-        task.model, task.optimizer, task.space, task.train_loss, task.val_loss, lambda: task.batches(seed), total,
-        task.val, _hyper_optimizer(task, settings), settings.clip_norm, on_step, compile=settings.compile,
+        task.model, task.optimizer, task.space, task.train_loss, task.val_loss,
+        lambda: parallel.shard_batches(task.batches(seed)), total, parallel.shard_validation(task.val),
+        _hyper_optimizer(task, settings), settings.clip_norm, on_step, compile=settings.compile,
     )
     return {"inner_steps": result.inner_steps, "compute_seconds": time.perf_counter() - start, "curve": curve,
             "hparam_trajectory": trajectory, "skipped_updates": result.skipped_updates, "fallbacks": 0,

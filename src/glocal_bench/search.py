@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import experiment, report
+from . import experiment, parallel, report
 from .experiment import Settings
 
 if TYPE_CHECKING:  # optuna is an optional dependency (the ``search`` extra)
@@ -194,6 +194,7 @@ def _storage(url: str | None, heartbeat: int | None, on_stale: Callable[[Any, An
         parsed = sqlalchemy.engine.make_url(url)
     except Exception:
         raise SearchError(f"storage {url!r}: not a database URL (e.g. sqlite:///runs/search/study.db)") from None
+    target = _postgres_url(url, parsed) if parsed.get_backend_name() == "postgresql" else url
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
@@ -210,13 +211,32 @@ def _storage(url: str | None, heartbeat: int | None, on_stale: Callable[[Any, An
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, **kwargs)
+                return optuna.storages.RDBStorage(target, **kwargs)
         except (ImportError, sqlalchemy.exc.ArgumentError) as error:
-            raise SearchError(f"storage {url!r}: {str(error).splitlines()[0]}") from None
+            raise SearchError(f"storage {_mask(url)!r}: {str(error).splitlines()[0]}") from None
         except sqlalchemy.exc.SQLAlchemyError as error:  # locked, or another worker created the tables first
             last = error
             time.sleep(0.5 * (attempt + 1))
-    raise SearchError(f"storage {url!r}: {str(last).splitlines()[0]}")
+    raise SearchError(f"storage {_mask(url)!r}: {str(last).splitlines()[0]}")
+
+
+def _postgres_url(url: str, parsed: Any) -> str:
+    """``url`` with a PostgreSQL driver that is installed.
+
+    A bare ``postgresql://`` means SQLAlchemy's default driver, which is psycopg 3 since SQLAlchemy 2.1
+    and psycopg2 before; the ``postgres`` extra installs psycopg2 (``psycopg2-binary``), so a bare URL
+    uses psycopg 3 where it is installed and psycopg2 otherwise. An explicit driver is kept as given.
+    """
+    import importlib.util
+
+    if "+" in parsed.drivername:
+        return url
+    if importlib.util.find_spec("psycopg") is not None:
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if importlib.util.find_spec("psycopg2") is not None:
+        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    raise SearchError(f"storage {_mask(url)!r}: no PostgreSQL driver is installed; "
+                      "install one with: pip install 'glocal[postgres]'")
 
 
 def _mask(url: str | None) -> str:
@@ -462,7 +482,8 @@ def run_search(task: str, inner: str = "glocal", budget_runs: float = 8, seed: i
                 raise optuna.TrialPruned
 
         try:
-            record = experiment.run(task, inner, seed, run_settings, on_curve=on_curve)
+            # under torchrun the other ranks join this run (glocal_bench.parallel); else experiment.run
+            record = parallel.lead_run(experiment.run, task, inner, seed, run_settings, on_curve)
         except optuna.TrialPruned:
             raise
         except Exception as error:  # a genuine failure is not retried (interruptions are)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..optim.base import InnerOptimizer
 from ..space import HyperSpace
 from .functional import Batch, FunctionalModel, LossFn, accepts_hparams, call_loss, split_batch
-from .tangents import Reducer
+from .tangents import Reducer, reduce_all
 
 #: a validation batch ``(x, y, ...)`` or a callable returning one (e.g. a random minibatch)
 Validation = Batch | Callable[[], Batch]
@@ -153,6 +153,21 @@ class ModelEngine:
 
     def _reduce(self, tensor: Tensor) -> Tensor:
         return tensor if self.reducer is None else self.reducer(tensor)
+
+    def _mean_loss(self, loss: Tensor) -> Tensor:
+        """The training loss averaged over the ranks (detached; itself without a reducer), so that
+        every rank judges finiteness and divergence on the same number."""
+        if self.reducer is None:
+            return loss.detach()
+        return reduce_all(self.reducer, (loss.detach().reshape(()),), "training loss")[0]
+
+    def _mean_validation(self, loss: float, h: Tensor) -> tuple[float, Tensor]:
+        """L_val and h averaged over the ranks in one collective (unchanged without a reducer)."""
+        if self.reducer is None:
+            return loss, h
+        value = torch.tensor([loss], dtype=h.dtype, device=h.device)
+        value, h = reduce_all(self.reducer, (value, h.detach()), "validation loss and hypergradient")
+        return float(value[0]), h
 
     # -- the window -------------------------------------------------------------------------
     def begin_window(self) -> None:
