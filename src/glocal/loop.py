@@ -45,6 +45,30 @@ class History:
         self.__dict__.update(copy.deepcopy(state))
 
 
+def check_like(expected: Any, given: Any, where: str) -> None:
+    """``given`` must have the structure of ``expected``: the same dict keys where both have them, the
+    same list lengths, tensors of the same shape and dtype (None on either side is accepted)."""
+    if expected is None or given is None:
+        return
+    if isinstance(expected, Tensor):
+        if not isinstance(given, Tensor) or given.shape != expected.shape or given.dtype != expected.dtype:
+            got = (f"shape {tuple(given.shape)}, {given.dtype}" if isinstance(given, Tensor)
+                   else type(given).__name__)
+            raise ValueError(f"{where}: expected a tensor of shape {tuple(expected.shape)}, {expected.dtype}; "
+                             f"got {got}")
+    elif isinstance(expected, dict):
+        if not isinstance(given, dict):
+            raise ValueError(f"{where}: expected a dict, got {type(given).__name__}")
+        for key in expected.keys() & given.keys():
+            check_like(expected[key], given[key], f"{where}[{key!r}]")
+    elif isinstance(expected, list | tuple):
+        if not isinstance(given, list | tuple) or len(given) != len(expected):
+            raise ValueError(f"{where}: expected {len(expected)} entries, got "
+                             f"{len(given) if isinstance(given, list | tuple) else type(given).__name__}")
+        for i, (e, g) in enumerate(zip(expected, given, strict=True)):
+            check_like(e, g, f"{where}[{i}]")
+
+
 def check_strategy(strategy: object) -> Strategy:
     for name in ("window", "record_every", "mode", "estimate"):
         if not hasattr(strategy, name):
@@ -95,6 +119,11 @@ class OnlineLoop:
         self.divergences = 0
         self._reference_loss: float | None = None
         self._raw_before_update: Tensor | None = None
+        #: window updates stopped at a hyperparameter's bound (the window's ``at_bound`` says which)
+        self.bound_hits = 0
+        #: times the model's parameters were found non-finite and returned to the last finite state
+        self.restored_faults = 0
+        self._started = False
 
     @property
     def hparams(self) -> dict[str, float | list[float]]:
@@ -115,6 +144,8 @@ class OnlineLoop:
         window = self.strategy.window
         if window > 0 and val is None:
             raise ValueError("val_batch: required (or pass val= to Tuner) when the strategy tunes")
+        if not self._started:
+            self._start()
         if window > 0 and self.steps_in_window == 0:
             self.engine.begin_window()
             self.buffer = [torch.zeros_like(self.space.raw, requires_grad=False)]
@@ -128,6 +159,8 @@ class OnlineLoop:
             emit(self.listeners, step_record(self.step_count, train_loss, skipped=True))
             if window > 0:
                 self._recover()
+            if not self.engine.parameters_finite():
+                self._restore_finite(record)
             return record
         if window > 0 and self._diverged(train_loss):
             record["diverged"] = True
@@ -161,6 +194,27 @@ class OnlineLoop:
         return not math.isfinite(train_loss) or abs(train_loss) > self.divergence_factor * max(
             abs(self._reference_loss), 1e-12)
 
+    def _start(self) -> None:
+        """Before the first step: the parameters must be finite, and become the first point to return to."""
+        if not self.engine.parameters_finite():
+            raise FloatingPointError("the model's parameters are not finite before the first step: there is no "
+                                     "finite state to train from (check the initialisation or the loaded weights)")
+        self.engine.snapshot()
+        self._started = True
+
+    def _restore_finite(self, record: dict[str, Any]) -> None:
+        """The parameters became non-finite (not by a step: those are never applied, so from outside,
+        e.g. a hook or a write into the weights): return to the last finite state, or stop."""
+        if not self.engine.restore():
+            raise FloatingPointError(
+                f"the model's parameters are not finite at step {self.step_count} and there is no finite state "
+                "to return to")
+        self.engine.snapshot()  # the same state stays the point to return to
+        self.steps_in_window = 0
+        self.buffer = []
+        self.restored_faults += 1
+        record["restored"] = True
+
     def _recover(self) -> None:
         """After a non-finite or divergent step: undo the last hyperparameter update (once), restart the window.
 
@@ -173,6 +227,7 @@ class OnlineLoop:
                 self.space.raw.copy_(self._raw_before_update)
             self._raw_before_update = None
             self.engine.restore()
+            self.engine.snapshot()  # the restored state stays the point to return to
             self.reverted_updates += 1
             if self.history.windows:
                 self.history.windows[-1]["reverted"] = True
@@ -220,6 +275,10 @@ class OnlineLoop:
             self.skipped_updates += 1
             entry["skipped"] = True
         else:
+            hit = self.space.clamp_()  # bounded hyperparameters: project back, and say so
+            if hit:
+                entry["at_bound"] = hit
+                self.bound_hits += 1
             entry["skipped"] = False
             self._raw_before_update = previous
             self.engine.snapshot()
@@ -255,6 +314,8 @@ class OnlineLoop:
             "fallbacks": self.fallbacks,
             "reverted_updates": self.reverted_updates,
             "divergences": self.divergences,
+            "bound_hits": self.bound_hits,
+            "restored_faults": self.restored_faults,
             "reference_loss": self._reference_loss,
             "raw_before_update": None if self._raw_before_update is None else self._raw_before_update.clone(),
             "history": self.history.state_dict(),
@@ -263,7 +324,40 @@ class OnlineLoop:
             state["hyper_optimizer"] = copy.deepcopy(self.hyper_optimizer.state_dict())
         return state
 
+    def check_loop_state_dict(self, state: Any) -> None:
+        """Raise ValueError (naming the entry) unless ``state`` fits this loop; changes nothing."""
+        if not isinstance(state, dict):
+            raise ValueError(f"state: expected a dict from state_dict(), got {type(state).__name__}")
+        required = ("engine", "space", "step_count", "steps_in_window", "buffer", "skipped_updates", "fallbacks",
+                    "reverted_updates", "divergences", "reference_loss", "raw_before_update", "history")
+        missing = [k for k in required if k not in state]
+        if missing:
+            raise ValueError(f"state: missing {', '.join(missing)} (not a state_dict() of this kind of loop)")
+        check_like(self.engine.state_dict(), state["engine"], "state['engine']")
+        self.space.check_state_dict(state["space"])
+        for key in ("step_count", "steps_in_window", "skipped_updates", "fallbacks", "reverted_updates",
+                    "divergences"):
+            if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
+                raise ValueError(f"state[{key!r}]={state[key]!r}: expected an integer >= 0")
+        if self.strategy.window > 0 and state["steps_in_window"] >= self.strategy.window:
+            raise ValueError(f"state['steps_in_window']={state['steps_in_window']}: expected < the window "
+                             f"({self.strategy.window})")
+        for i, b in enumerate([*state["buffer"], *([] if state["raw_before_update"] is None
+                                                   else [state["raw_before_update"]])]):
+            if not isinstance(b, Tensor) or b.shape != self.space.raw.shape:
+                raise ValueError(f"state: buffer/raw_before_update entry {i}: expected a tensor of shape "
+                                 f"{tuple(self.space.raw.shape)}")
+        if not isinstance(state["history"], dict) or set(state["history"]) != set(History().__dict__):
+            raise ValueError(f"state['history']: expected the keys {sorted(History().__dict__)}")
+        if self.hyper_optimizer is not None and "hyper_optimizer" in state:
+            hyper = state["hyper_optimizer"]
+            groups = hyper.get("param_groups") if isinstance(hyper, dict) else None
+            if not isinstance(groups, list) or len(groups) != len(self.hyper_optimizer.param_groups):
+                raise ValueError("state['hyper_optimizer']: its parameter groups do not match this hyper_optimizer")
+
     def load_loop_state_dict(self, state: dict[str, Any]) -> None:
+        """Load ``loop_state_dict()`` output; it is checked first, so a bad state changes nothing."""
+        self.check_loop_state_dict(state)
         self.engine.load_state_dict(state["engine"])
         self.space.load_state_dict(state["space"])
         self.step_count = state["step_count"]
@@ -273,6 +367,9 @@ class OnlineLoop:
         self.fallbacks = state["fallbacks"]
         self.reverted_updates = state["reverted_updates"]
         self.divergences = state["divergences"]
+        self.bound_hits = state.get("bound_hits", 0)
+        self.restored_faults = state.get("restored_faults", 0)
+        self._started = True
         self._reference_loss = state["reference_loss"]
         before = state["raw_before_update"]
         self._raw_before_update = None if before is None else before.clone()

@@ -276,6 +276,16 @@ class _GlocalOptimizer(torch.optim.Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from ``state_dict()`` output; a state that does not fit raises and changes nothing
+        (the loop's part is checked before loading; if a later check fails, the previous state returns)."""
+        backup = self.state_dict()
+        try:
+            self._load(state_dict)
+        except BaseException:
+            self._load(backup)
+            raise
+
+    def _load(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         extra = state_dict.pop("glocal", None)
         super().load_state_dict(state_dict)

@@ -20,7 +20,7 @@ from .hypergrad.engine import Validation
 from .hypergrad.factory import make_engine
 from .hypergrad.functional import Batch, LossFn
 from .hypergrad.tangents import Reducer
-from .loop import History, OnlineLoop, check_strategy
+from .loop import History, OnlineLoop, check_like, check_strategy
 from .optim.base import InnerOptimizer
 from .records import Listener
 from .space import HyperSpace
@@ -116,7 +116,28 @@ class Tuner(OnlineLoop):
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 
+    def check_state_dict(self, state: Any) -> None:
+        """Raise ValueError (naming the entry) unless ``state`` fits this Tuner; changes nothing."""
+        self.check_loop_state_dict(state)
+        for key in ("model", "rng"):
+            if key not in state:
+                raise ValueError(f"state: missing {key!r} (not a Tuner.state_dict())")
+        own = self.model.state_dict()
+        given = state["model"]
+        if not isinstance(given, dict) or set(given) != set(own):
+            extra = sorted(set(given) - set(own)) if isinstance(given, dict) else []
+            missing = sorted(set(own) - set(given)) if isinstance(given, dict) else []
+            raise ValueError(f"state['model']: not this model's state_dict (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]})")
+        check_like(own, given, "state['model']")
+        rng = state["rng"]
+        if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+            raise ValueError("state['rng']: expected torch.get_rng_state() output")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from ``state_dict()`` output: everything is checked first, so a bad state (another
+        model, another space, a corrupted entry) raises ValueError and changes nothing."""
+        self.check_state_dict(state)
         self.model.load_state_dict(state["model"])
         self.load_loop_state_dict(state)
         torch.set_rng_state(state["rng"])

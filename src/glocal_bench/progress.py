@@ -1,9 +1,12 @@
 """Progress bars on stderr (tqdm), with the tuned hyperparameters shown beside the bar.
 
-The time estimate is tqdm's exponential moving average of the step rate (smoothing 0.3): a slow
-first step (start-up, a ``torch.compile`` warm-up) stops dominating it after a few redraws, where
-an elapsed / done estimate would stay inflated for a large part of the run. On a terminal the bar
-redraws at most 5 times a second; otherwise (a log file) at most every ``LOG_INTERVAL`` seconds.
+The time estimate is tqdm's exponential moving average of the step rate (smoothing 0.3), timed
+from the end of the first step on: the setup before it (building the task) and the first step
+(a ``torch.compile`` warm-up) are not the training rate, and a slow early step stops dominating
+the estimate after a few redraws, where an elapsed / done estimate would stay inflated for a large
+part of the run. Before a rate is known the estimate is "?", not a made-up number; the elapsed
+time shown counts from the end of the first step. On a terminal the bar redraws at most 5 times a
+second; otherwise (a log file) at most every ``LOG_INTERVAL`` seconds.
 """
 
 from __future__ import annotations
@@ -30,8 +33,15 @@ class ProgressBar:
             mininterval = 0.2 if tty else LOG_INTERVAL
         self.bar = tqdm(total=max(1, total), desc=label, file=stream, disable=not enabled, unit="step",
                         mininterval=mininterval, smoothing=0.3, dynamic_ncols=tty, ascii=not tty, leave=True)
+        self._started = False
 
     def __call__(self, increment: int = 1) -> None:
+        if not self._started:  # the clock starts after the first step: setup (and a first step that
+            self._started = True  # compiles or warms up) is not the training rate
+            self.bar.reset(total=self.bar.total)
+            self.bar.n = self.bar.last_print_n = self.bar.initial = increment  # counted, not timed
+            self.bar.refresh()
+            return
         self.bar.update(increment)
 
     def show(self, record: Record) -> None:

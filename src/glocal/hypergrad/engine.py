@@ -54,6 +54,10 @@ class Engine(Protocol):
         """Steps not applied because the loss or the new parameters were not finite."""
         ...
 
+    def parameters_finite(self) -> bool:
+        """Whether every trained parameter is finite (checked by the loop after a skipped step)."""
+        ...
+
     def snapshot(self) -> None:
         """Remember the parameters, buffers and optimizer state (a point to return to on divergence)."""
 
@@ -70,6 +74,11 @@ class Engine(Protocol):
 
 def clone_all(tensors: tuple[Tensor, ...] | list[Tensor]) -> list[Tensor]:
     return [t.detach().clone() for t in tensors]
+
+
+def all_finite(tensors: tuple[Tensor, ...] | list[Tensor]) -> bool:
+    """One reduction: whether every element of every tensor is finite."""
+    return bool(torch.isfinite(sum(t.detach().sum() for t in tensors)))
 
 
 def check_names(space: HyperSpace, optimizer: InnerOptimizer, loss_uses_hparams: bool) -> None:
@@ -202,6 +211,9 @@ class ModelEngine:
         return loss, torch.zeros_like(self.space.raw, requires_grad=False)
 
     # -- rollback ---------------------------------------------------------------------------
+    def parameters_finite(self) -> bool:
+        return all_finite(self.fmodel.parameters())
+
     def snapshot(self) -> None:
         self._snapshot = {"params": clone_all(self.fmodel.parameters()), "buffers": clone_all(self.fmodel.buffers()),
                           "state": clone_all(self.state), "step": self.step_count}

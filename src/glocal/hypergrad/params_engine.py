@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..optim.base import InnerOptimizer
 from ..space import HyperSpace
-from .engine import clone_all
+from .engine import all_finite, clone_all
 from .tangents import Reducer, TangentPropagator, flatten, reduce_all
 
 CREATE_GRAPH_MESSAGE = (
@@ -190,6 +190,9 @@ class ParamEngine:
         return float(value[0]), h.to(self.space.raw.dtype)
 
     # -- rollback and checkpointing ---------------------------------------------------------
+    def parameters_finite(self) -> bool:
+        return all_finite(self.params)
+
     def snapshot(self) -> None:
         self._snapshot = {"params": clone_all(self.params), "state": clone_all(self.state), "step": self.step_count}
 
