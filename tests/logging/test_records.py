@@ -96,7 +96,7 @@ class _Reckless:
 def test_a_divergence_and_its_reverted_update_are_recorded():
     seen: list[Record] = []
     model, batches, val = _problem()
-    space = glocal.HyperSpace(lr=glocal.Log(0.05))
+    space = glocal.HyperSpace(lr=glocal.Log(0.05, high=1e30))  # bounds wide enough to let it diverge
     tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy, _Reckless(),
                          torch.optim.SGD([space.raw], lr=1.0), val=val, clip_norm=None, listeners=[seen.append])
     for b in batches[:4]:  # the update at step 2 blows the model up; step 4's loss diverges
