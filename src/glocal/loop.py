@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .hypergrad.engine import Engine, Validation
+from .records import Listener, emit, revert_record, step_record, val_record, window_record
 from .space import HyperSpace
 from .strategies.base import Strategy, WindowEstimate
 
@@ -87,6 +89,7 @@ class OnlineLoop:
         clip_norm: float | None = 1.0,
         divergence_factor: float | None = 100.0,
         hyper_lr: float = 0.1,
+        listeners: Sequence[Listener] = (),
     ) -> None:
         if divergence_factor is not None and not (divergence_factor > 1 and math.isfinite(divergence_factor)):
             raise ValueError(f"divergence_factor={divergence_factor!r}: expected a finite number > 1, or None")
@@ -104,6 +107,8 @@ class OnlineLoop:
                 raise ValueError("hyper_optimizer: it must optimize space.raw, e.g. torch.optim.Adam([space.raw])")
         self.hyper_optimizer = hyper_optimizer
         self.history = History()
+        #: called with a ``glocal.records.Record`` per step, record point and window (any logger)
+        self.listeners: list[Listener] = list(listeners)
         self.step_count = 0
         self.steps_in_window = 0
         self.buffer: list[Tensor] = []
@@ -153,6 +158,7 @@ class OnlineLoop:
         record: dict[str, Any] = {"step": self.step_count, "train_loss": train_loss, "updated": False}
         if self.engine.skipped_steps > skipped_before:
             record["skipped"] = True
+            emit(self.listeners, step_record(self.step_count, train_loss, skipped=True))
             if window > 0:
                 self._recover()
             if not self.engine.parameters_finite():
@@ -161,8 +167,10 @@ class OnlineLoop:
         if window > 0 and self._diverged(train_loss):
             record["diverged"] = True
             self.divergences += 1
+            emit(self.listeners, step_record(self.step_count, train_loss, diverged=True))
             self._recover()
             return record
+        emit(self.listeners, step_record(self.step_count, train_loss))
         if window == 0:
             return record
         self.steps_in_window += 1
@@ -174,8 +182,10 @@ class OnlineLoop:
             self.history.val_steps.append(self.step_count)
             self.history.val_loss.append(val_loss)
             record["val_loss"] = val_loss
+            emit(self.listeners, val_record(self.step_count, val_loss))
         if self.steps_in_window == window:
             record["updated"] = self._end_window()
+            emit(self.listeners, window_record(self.step_count, self.space, self.history.windows[-1]))
         return record
 
     def _diverged(self, train_loss: float) -> bool:
@@ -225,6 +235,7 @@ class OnlineLoop:
             self.reverted_updates += 1
             if self.history.windows:
                 self.history.windows[-1]["reverted"] = True
+            emit(self.listeners, revert_record(self.step_count))
         self.steps_in_window = 0
         self.buffer = []
 

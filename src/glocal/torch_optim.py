@@ -25,6 +25,11 @@ the tuned value at each of its steps.
 Forward mode only: reverse mode would need the graph of every step of a window, which a loop that
 calls ``zero_grad`` every step does not keep.
 
+Mixed precision: run the forward (and ``val_closure``) under ``torch.autocast(..., dtype=torch.bfloat16)``
+as usual; ``step()`` propagates tangents and takes hypergradients with autocast off, in the
+parameters' dtype, and calls ``val_closure`` under the autocast it was itself called in. float16
+is refused (``glocal.amp``), also through ``torch.amp.GradScaler.step``.
+
 Data-parallel (``torchrun``, see ``glocal.distributed``): with an initialised default process group
 every rank's ``.grad`` (and its graph's tangents), the closure's loss, the validation loss and h are
 averaged over the ranks before they are used, so every rank applies the same update.
@@ -38,12 +43,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .amp import FLOAT16_REFUSED, full_precision, under_autocast
 from .distributed import resolve_reducer
 from .hypergrad.params_engine import ParamEngine
 from .loop import OnlineLoop
 from .optim.adamw import AdamW
 from .optim.base import InnerOptimizer
 from .optim.sgd import SGD
+from .records import Listener
 from .space import HyperSpace, Log, Logit, Transform
 from .strategies import Fixed, Glocal, Local
 from .strategies.base import Strategy
@@ -58,6 +65,8 @@ _IN_PARAM_STATE = ("inner_state", "tangent_params", "tangent_state")
 class _GlocalOptimizer(torch.optim.Optimizer):
     """Shared machinery of the drop-in optimizers (subclasses fix the inner optimizer and the names)."""
 
+    #: GradScaler.step then passes itself as ``grad_scaler`` rather than unscaling .grad in place
+    _step_supports_amp_scaling = True
     #: tunable name -> its transform (positive: Log, in (0, 1): Logit)
     _TUNABLE: ClassVar[dict[str, type[Transform]]] = {}
     #: per-parameter state names of the inner optimizer, in the order of its state tuple
@@ -96,9 +105,6 @@ class _GlocalOptimizer(torch.optim.Optimizer):
         self.strategy = _make_strategy(strategy, window, total_steps, record_every, koopman)
         if self.strategy.window > 0 and not self.tuned:
             raise ValueError(f"tune: name at least one of {', '.join(self._TUNABLE)} for strategy={strategy!r}")
-        if self.strategy.window > 0 and val_closure is None:
-            raise ValueError(f"val_closure: required for strategy={strategy!r} (a callable returning the validation "
-                             "loss, e.g. lambda: F.cross_entropy(model(x_val), y_val))")
         if val_closure is not None and not callable(val_closure):
             raise TypeError(f"val_closure: expected a callable returning a loss tensor, "
                             f"got {type(val_closure).__name__}")
@@ -213,22 +219,39 @@ class _GlocalOptimizer(torch.optim.Optimizer):
 
     # -- the step ---------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], Tensor] | None = None, *,  # type: ignore[override]
+             grad_scaler: Any = None) -> Tensor | None:
         """One training step from the parameters' ``.grad``; at record points and window ends also
         validate (``val_closure``) and update the tuned hyperparameters. ``closure`` (optional, as in
-        torch.optim) recomputes the loss and calls ``backward(create_graph=True)``."""
+        torch.optim) recomputes the loss and calls ``backward(create_graph=True)``. ``grad_scaler``
+        is how ``torch.amp.GradScaler.step`` announces float16 loss scaling: refused."""
+        if grad_scaler is not None:
+            raise ValueError(f"{type(self).__name__}: torch.amp.GradScaler: {FLOAT16_REFUSED}")
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.val_closure is None and self.strategy.window > 0:
+            raise ValueError(f"val_closure: required for strategy={self.strategy.name!r} (a callable returning the "
+                             "validation loss, e.g. lambda: F.cross_entropy(model(x_val), y_val)); pass it to the "
+                             "constructor or set opt.val_closure before the first step (the Lightning and "
+                             "transformers integrations set it)")
         self._adopt_group_values()
-        with torch.enable_grad():
-            self.last_record = self.loop.run_step(None if loss is None else float(loss.detach()), self.val_closure)
+        device_type = self.engine.device.type
+        with full_precision(device_type) as ambient, torch.enable_grad():  # the tangents in full precision
+            val = None if self.val_closure is None else under_autocast(self.val_closure, device_type, ambient)
+            self.last_record = self.loop.run_step(None if loss is None else float(loss.detach()), val)
         self._write_back()
         self._expose_state()
         return loss
 
     # -- reading ----------------------------------------------------------------------------
+    @property
+    def listeners(self) -> list[Listener]:
+        """Functions called with a ``glocal.records.Record`` per step, record point and window
+        (append a logger, e.g. ``glocal.integrations.tensorboard.TensorBoardListener``)."""
+        return self.loop.listeners
+
     @property
     def history(self):
         """Per step training losses (NaN unless a closure gave them), records and windows (see ``Tuner``)."""

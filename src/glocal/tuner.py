@@ -8,11 +8,13 @@ training step use the drop-in optimizers instead (``glocal.GlocalSGD`` / ``Gloca
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from .amp import model_autocast
 from .distributed import resolve_reducer
 from .hypergrad.engine import Validation
 from .hypergrad.factory import make_engine
@@ -20,6 +22,7 @@ from .hypergrad.functional import Batch, LossFn
 from .hypergrad.tangents import Reducer
 from .loop import History, OnlineLoop, check_like, check_strategy
 from .optim.base import InnerOptimizer
+from .records import Listener
 from .space import HyperSpace
 from .strategies.base import Strategy
 
@@ -43,7 +46,10 @@ class Tuner(OnlineLoop):
     counts as divergence; either undoes the last phi update and restores the model and inner
     optimizer state saved when it was made (counted in ``skipped_steps``, ``divergences`` and
     ``reverted_updates``). ``compile=True`` runs the forward-mode step through ``torch.compile``
-    (SGD/AdamW, models without buffers; speed in docs/benchmarks.md).
+    (SGD/AdamW, models without buffers; speed in docs/benchmarks.md). ``listeners`` (functions of a
+    ``glocal.records.Record``) receive every step's training loss, every record point's validation
+    loss and every window's hyperparameters, hypergradients and estimator diagnostics, e.g.
+    ``glocal.integrations.tensorboard.TensorBoardListener``.
 
     Data-parallel (``torchrun``): with ``reducer="auto"`` (the default) and an initialised default
     process group of more than one rank, every rank trains on its own shard of each batch and
@@ -74,6 +80,7 @@ class Tuner(OnlineLoop):
         compile: bool = False,
         divergence_factor: float | None = 100.0,
         reducer: Reducer | str | None = "auto",
+        listeners: Sequence[Listener] = (),
         record_val: Validation | None = None,
     ) -> None:
         check_strategy(strategy)
@@ -84,7 +91,7 @@ class Tuner(OnlineLoop):
         engine = make_engine(strategy.mode, model, optimizer, space, train_loss, val_loss, compile=compile,
                              reducer=reducer)
         super().__init__(engine, space, strategy, hyper_optimizer, clip_norm=clip_norm,
-                         divergence_factor=divergence_factor)
+                         divergence_factor=divergence_factor, listeners=listeners)
         self.model = model
         self.val = val
         self.record_val = record_val
@@ -93,8 +100,17 @@ class Tuner(OnlineLoop):
         return list(self.model.parameters())
 
     def step(self, train_batch: Batch, val_batch: Validation | None = None) -> dict[str, Any]:
-        """Train on one batch; at record points and window ends also validate and update phi."""
-        return self.run_step(train_batch, val_batch if val_batch is not None else self.val)
+        """Train on one batch; at record points and window ends also validate and update phi.
+
+        Inside ``torch.autocast(..., dtype=torch.bfloat16)`` only the model's forward passes run in
+        bfloat16; tangents and hypergradients stay in the parameters' dtype (``glocal.amp``).
+        """
+        engine: Any = self.engine
+        fmodel = getattr(engine, "fmodel", None)
+        if fmodel is None:
+            return self.run_step(train_batch, val_batch if val_batch is not None else self.val)
+        with model_autocast(fmodel, engine.device.type):
+            return self.run_step(train_batch, val_batch if val_batch is not None else self.val)
 
     # -- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

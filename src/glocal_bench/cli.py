@@ -104,6 +104,12 @@ def _tuning_options(parser: argparse.ArgumentParser) -> None:
                         "models without buffers)")
 
 
+def _log_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-dir", type=Path, default=None, metavar="DIR",
+                        help="write TensorBoard event files, one run per strategy and seed in DIR/STRATEGY-seedN "
+                        "(losses, hyperparameters, hypergradients, estimator diagnostics; needs glocal[tensorboard])")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="glocal", description="Online hyperparameter tuning with glocal hypergradients.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -120,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strategy", required=True, help=f"one of {', '.join(STRATEGIES)}")
     run.add_argument("--seed", type=int, default=0)
     _tuning_options(run)
+    _log_dir_option(run)
 
     compare = sub.add_parser("compare", help="several strategies and seeds on one task")
     compare.add_argument("--task", required=True, help="task name (see `glocal tasks`)")
@@ -128,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=_positive_int, default=1, help="number of seeds (0..N-1)")
     compare.add_argument("--quick", action="store_true", help="reduced budget: about a minute per task")
     _tuning_options(compare)
+    _log_dir_option(compare)
     for sub_parser in (run, compare):
         sub_parser.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N",
                                 help="save OUT/checkpoint.pt (atomically) every N windows of an online run and "
@@ -283,10 +291,22 @@ def _preflight(task: str, settings: Settings) -> None:
         raise UsageError(f"glocal: {error}") from None
 
 
+def _tensorboard(log_dir: Path | None, strategy: str, seed: int) -> Any:
+    """A TensorBoard listener for one run in ``log_dir/STRATEGY-seedN``, or None without ``--log-dir``."""
+    if log_dir is None:
+        return None
+    try:
+        from glocal.integrations.tensorboard import TensorBoardListener
+    except ImportError as error:
+        raise UsageError(f"glocal: --log-dir: {error}") from None
+    return TensorBoardListener(log_dir / f"{strategy}-seed{seed}")
+
+
 def _execute(task: str, strategies: Sequence[str], seeds: Sequence[int], settings: Settings, quiet: bool,
-             checkpoint: RunCheckpoint | None = None, every_windows: int = 1) -> list[dict[str, Any]]:
+             checkpoint: RunCheckpoint | None = None, every_windows: int = 1, log_dir: Path | None = None
+             ) -> list[dict[str, Any]]:
     """Run every (seed, strategy); with ``checkpoint``, save after each run and at window ends, and skip
-    what its loaded ``records`` / ``current`` say is done."""
+    what its loaded ``records`` / ``current`` say is done; with ``log_dir``, TensorBoard event files."""
     records = checkpoint.records if checkpoint is not None else []
     index = -1
     for seed in seeds:
@@ -306,10 +326,24 @@ def _execute(task: str, strategies: Sequence[str], seeds: Sequence[int], setting
                 checkpointing = experiment.Checkpointing(save, every_windows, state)
             total = experiment.planned_steps(task, strategy, settings, seed)
             bar = ProgressBar(total, f"{strategy} seed {seed}", enabled=not quiet)
-            records.append(experiment.run(task, strategy, seed, settings, progress=bar, checkpointing=checkpointing))
-            bar.close()
+            writer = _tensorboard(log_dir, strategy, seed)
+
+            def on_record(record: Any, bar: ProgressBar = bar, writer: Any = writer) -> None:
+                bar.show(record)
+                if writer is not None:
+                    writer(record)
+
+            try:
+                records.append(experiment.run(task, strategy, seed, settings, progress=bar,
+                                              checkpointing=checkpointing, on_record=on_record))
+            finally:
+                bar.close()
+                if writer is not None:
+                    writer.close()
             if checkpoint is not None:
                 checkpoint.save(None)
+    if log_dir is not None:
+        print(f"wrote TensorBoard event files under {log_dir} (tensorboard --logdir {log_dir})")
     return records
 
 
@@ -366,7 +400,8 @@ def _run_or_compare(args: argparse.Namespace, strategies: Sequence[str], seeds: 
         print(f"glocal: no --out given; writing to {out}", file=sys.stderr)
     # under torchrun every rank would have to load the checkpoint: data-parallel runs are not checkpointed
     checkpoint = None if data_parallel else _checkpoint(args, out, strategies, seeds, settings)
-    records = _execute(args.task, strategies, seeds, settings, args.quiet, checkpoint, args.checkpoint_every)
+    records = _execute(args.task, strategies, seeds, settings, args.quiet, checkpoint, args.checkpoint_every,
+                       args.log_dir)
     _finish(records, out, title, argv)
     if checkpoint is not None:
         checkpoint.remove()

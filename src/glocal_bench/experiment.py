@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from glocal.outer import Global
+from glocal.records import Listener, Record, step_record, val_record, window_record
 from glocal.strategies import Fixed, Glocal, Local
 from glocal.tuner import Tuner
 
@@ -135,8 +136,22 @@ def _curve_every(total: int, settings: Settings) -> int:
     return max(1, total // max(1, settings.curve_points))
 
 
+def _shifted(listener: Listener | None, offset: int) -> list[Listener]:
+    """``listener`` receiving records with steps counted from ``offset`` (runs after restarts)."""
+    if listener is None:
+        return []
+    if offset == 0:
+        return [listener]
+
+    def forward(record: Record) -> None:
+        listener(record.shifted(offset))
+
+    return [forward]
+
+
 def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progress: Progress | None,
-            on_curve: CurveHook | None = None, checkpointing: Checkpointing | None = None) -> dict[str, Any]:
+            on_curve: CurveHook | None = None, checkpointing: Checkpointing | None = None,
+            on_record: Listener | None = None, offset: int = 0) -> dict[str, Any]:
     total = task.total_steps
     if strategy_name == "fixed":
         strategy: Any = Fixed()
@@ -152,7 +167,7 @@ def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progr
     # under torchrun every rank trains on its shard of each batch (identity in one process)
     tuner = Tuner(task.model, task.optimizer, task.space, task.train_loss, task.val_loss, strategy, hyper,
                   val=parallel.shard_validation(task.val), clip_norm=settings.clip_norm, compile=settings.compile,
-                  record_val=record_val)
+                  record_val=record_val, listeners=_shifted(on_record, offset))
     batches = parallel.shard_batches(task.batches(seed))
     every = _curve_every(total, settings)
     curve: list[list[float]] = []
@@ -209,7 +224,8 @@ def _bound_hits(windows: list[dict[str, Any]]) -> dict[str, int]:
     return hits
 
 
-def _global(task: Task, settings: Settings, seed: int, progress: Progress | None) -> dict[str, Any]:
+def _global(task: Task, settings: Settings, seed: int, progress: Progress | None,
+            on_record: Listener | None = None) -> dict[str, Any]:
     total = task.total_steps
     every = _curve_every(total, settings)
     curve: list[list[float]] = []
@@ -222,6 +238,12 @@ def _global(task: Task, settings: Settings, seed: int, progress: Progress | None
             curve.append([counter["steps"], validation_loss(task)])
         if record["updated"]:
             trajectory.append({"step": counter["steps"], **_compact_hparams(task.space.to_dict())})
+        if on_record is not None:  # records at inner steps executed, restarts included
+            on_record(step_record(counter["steps"], record["train_loss"], skipped=bool(record.get("skipped"))))
+            if "val_loss" in record:
+                on_record(val_record(counter["steps"], record["val_loss"]))
+            if record["updated"]:
+                on_record(window_record(counter["steps"], task.space, {"hparams": task.space.to_dict()}))
         if progress is not None:
             progress(1)
 
@@ -236,7 +258,8 @@ def _global(task: Task, settings: Settings, seed: int, progress: Progress | None
             "outer": result.outer}
 
 
-def _grid(name: str, seed: int, settings: Settings, progress: Progress | None) -> tuple[Task, dict[str, Any]]:
+def _grid(name: str, seed: int, settings: Settings, progress: Progress | None,
+          on_record: Listener | None = None) -> tuple[Task, dict[str, Any]]:
     probe = build_task(name, seed, settings)
     configurations = probe.grid_configurations()
     best: tuple[float, Task, dict[str, Any]] | None = None
@@ -245,7 +268,7 @@ def _grid(name: str, seed: int, settings: Settings, progress: Progress | None) -
     tried = []
     for config in configurations:
         task = build_task(name, seed, Settings(**{**asdict(settings), "init": {**settings.init, **config}}))
-        part = _online(task, "fixed", settings, seed, progress)
+        part = _online(task, "fixed", settings, seed, progress, on_record=on_record, offset=inner)
         inner += part["inner_steps"]
         compute += part["compute_seconds"]
         val_loss = validation_loss(task)
@@ -260,12 +283,14 @@ def _grid(name: str, seed: int, settings: Settings, progress: Progress | None) -
 
 def run(name: str, strategy: str, seed: int = 0, settings: Settings | None = None,
         progress: Progress | None = None, on_curve: CurveHook | None = None,
-        checkpointing: Checkpointing | None = None) -> dict[str, Any]:
+        checkpointing: Checkpointing | None = None, on_record: Listener | None = None) -> dict[str, Any]:
     """Run ``strategy`` on task ``name`` and return its result record (see module docstring).
 
     ``on_curve(step, val_loss)`` (fixed/local/glocal only) is called at every curve point; an
     exception it raises stops the run and propagates (used by ``glocal_bench.search`` to prune).
     ``checkpointing`` (fixed/local/glocal only) saves the run at window ends and resumes it.
+    ``on_record`` receives the run's ``glocal.records.Record`` s, steps counted as inner steps
+    executed (grid configurations and global's restarts follow each other).
     """
     settings = settings or Settings()
     if strategy not in STRATEGIES:
@@ -276,12 +301,12 @@ def run(name: str, strategy: str, seed: int = 0, settings: Settings | None = Non
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if strategy == "grid":
-            task, part = _grid(name, seed, settings, progress)
+            task, part = _grid(name, seed, settings, progress, on_record)
         else:
             task = build_task(name, seed, settings)
             settings.validate(task.total_steps)
-            part = _global(task, settings, seed, progress) if strategy == "global" else _online(
-                task, strategy, settings, seed, progress, on_curve, checkpointing)
+            part = _global(task, settings, seed, progress, on_record) if strategy == "global" else _online(
+                task, strategy, settings, seed, progress, on_curve, checkpointing, on_record)
     metrics = task.evaluate()
     record: dict[str, Any] = {
         "task": name,
