@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import defaults
 from .hypergrad import ForwardEngine, PlainEngine, ReverseEngine
 from .hypergrad.engine import Engine, Validation
 from .hypergrad.functional import Batch, LossFn
@@ -47,8 +48,10 @@ class Tuner:
     ``tuner.step(train_batch, val_batch)`` once per batch trains the model in place (evaluate it
     as usual), records local hypergradients and, at each window's end, writes the strategy's
     hypergradient into ``space.raw.grad`` and steps ``hyper_optimizer`` (any ``torch.optim``
-    optimizer over ``[space.raw]``; default: SGD with lr 0.1). ``val_batch`` may be omitted when
-    ``val`` (a fixed batch or a callable returning one) was given here.
+    optimizer over ``[space.raw]``; default: ``glocal.defaults.hyper_optimizer``). A hyper-optimizer
+    with a ``set_reference(param, local)`` method (``glocal.hyperopt.RelativeSGD``) is also given the
+    window's local hypergradient before each step. ``val_batch`` may be omitted when ``val`` (a fixed
+    batch or a callable returning one) was given here.
 
     Failures never corrupt the model or phi: a step whose loss or new parameters are not finite is
     not applied, and a training loss above ``divergence_factor`` times the previous window's mean
@@ -70,7 +73,7 @@ class Tuner:
         hyper_optimizer: torch.optim.Optimizer | None = None,
         *,
         val: Validation | None = None,
-        clip_norm: float | None = 1.0,
+        clip_norm: float | None = defaults.CLIP_NORM,
         compile: bool = False,
         divergence_factor: float | None = 100.0,
     ) -> None:
@@ -95,7 +98,7 @@ class Tuner:
         self.engine: Engine = engine_type(model, optimizer, space, train_loss, val_loss)
         if strategy.window > 0:
             if hyper_optimizer is None:
-                hyper_optimizer = torch.optim.SGD([space.raw], lr=0.1)
+                hyper_optimizer = defaults.hyper_optimizer(space.raw)
             if not any(p is space.raw for g in hyper_optimizer.param_groups for p in g["params"]):
                 raise ValueError("hyper_optimizer: it must optimize space.raw, e.g. torch.optim.Adam([space.raw])")
         self.hyper_optimizer = hyper_optimizer
@@ -227,6 +230,9 @@ class Tuner:
         assert self.hyper_optimizer is not None
         self.hyper_optimizer.zero_grad(set_to_none=True)
         self.space.raw.grad = hypergradient.clone()
+        set_reference = getattr(self.hyper_optimizer, "set_reference", None)
+        if callable(set_reference):  # scale-free outer steps measure phi in units of the local hypergradient
+            set_reference(self.space.raw, trajectory[-1].to(hypergradient))
         self.hyper_optimizer.step()
         if not torch.isfinite(self.space.raw).all():  # never corrupt phi
             with torch.no_grad():

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from . import estimator_bench, experiment, report, tasks
+from . import baselines, estimator_bench, experiment, report, tasks
 from .experiment import STRATEGIES, Settings
 from .progress import ProgressBar
 
@@ -75,11 +75,12 @@ def _tuning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hyper-lr", type=_positive_float, default=None,
                         help=f"learning rate of the hyper-optimizer on raw phi (default {Settings.hyper_lr}, "
                         "or the task's recommended value)")
-    parser.add_argument("--hyper-optimizer", choices=("sgd", "adam"), default=None,
-                        help="optimizer of phi: sgd (magnitude-aware; default) or adam (default for tasks that "
-                        "recommend it, e.g. per-sample weights)")
+    parser.add_argument("--hyper-optimizer", choices=experiment.HYPER_OPTIMIZERS, default=None,
+                        help=f"optimizer of phi (default {Settings.hyper_optimizer}: per-coordinate steps in units "
+                        "of the local hypergradient with a trust region; sgd: plain SGD on raw phi; adam: for tasks "
+                        "that recommend it, e.g. per-sample weights)")
     parser.add_argument("--clip", type=_positive_float, default=None,
-                        help=f"hypergradient norm clip (default {Settings.clip_norm})")
+                        help=f"hypergradient norm clip (default {Settings.clip_norm}: none)")
     parser.add_argument("--outer-steps", type=_positive_int, default=4, help="global: outer steps (default 4)")
     parser.add_argument("--steps", type=_positive_int, default=None, help="inner steps per run (default: task's)")
     parser.add_argument("--init", type=_init_values, default={}, metavar="NAME=VALUE[,...]",
@@ -226,6 +227,11 @@ def _check_strategies(names: Sequence[str]) -> None:
     for name in names:
         if name not in STRATEGIES:
             raise UsageError(f"glocal: unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+        if name in baselines.BASELINES:
+            try:
+                baselines.check_available(name)
+            except baselines.MissingExtra as error:
+                raise UsageError(f"glocal: {error}") from None
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -16,13 +16,19 @@ from typing import Any
 
 import torch
 
+from glocal import defaults
 from glocal.strategies import Fixed, Global, Glocal, Local
 from glocal.tuner import Tuner
 
-from . import tasks
+from . import baselines, tasks
 from .tasks.base import Task
 
-STRATEGIES = ("fixed", "local", "glocal", "global", "grid")
+STRATEGIES = ("fixed", "local", "glocal", "global", "grid", "hd", "schedulefree", "prodigy")
+#: strategies that are not glocal's: plain torch loops over the same model and batches (baselines.py)
+BASELINES = ("hd", "schedulefree", "prodigy")
+
+#: outer steps on phi (``glocal.defaults.hyper_optimizer``)
+HYPER_OPTIMIZERS = ("relative", "sgd", "adam")
 
 Progress = Callable[[int], None]
 #: called with (inner step, validation loss) at every curve point of an online run; may raise to stop
@@ -33,11 +39,15 @@ CurveHook = Callable[[int, float], None]
 class Settings:
     """How a strategy is run; the defaults are what ``glocal compare`` uses."""
 
-    window: int = 100
+    window: int = defaults.WINDOW
     record_every: int | None = None
-    hyper_lr: float = 1.0
-    hyper_optimizer: str = "sgd"
-    clip_norm: float | None = 1.0
+    hyper_lr: float = defaults.HYPER_LR
+    hyper_optimizer: str = defaults.HYPER_OPTIMIZER
+    clip_norm: float | None = defaults.CLIP_NORM
+    #: RelativeSGD's per-coordinate trust region per window (hyper_optimizer "relative")
+    max_step: float = defaults.MAX_STEP
+    #: Glocal's per-coordinate guard against the local value (None: off)
+    max_ratio: float | None = defaults.MAX_RATIO
     steps: int | None = None
     outer_steps: int = 4
     init: dict[str, float] = field(default_factory=dict)
@@ -52,8 +62,9 @@ class Settings:
             raise ValueError(f"--window={self.window}: expected 1..{total_steps} (the run's total steps)")
         if not (self.hyper_lr > 0 and math.isfinite(self.hyper_lr)):
             raise ValueError(f"--hyper-lr={self.hyper_lr}: expected a finite number > 0")
-        if self.hyper_optimizer not in ("sgd", "adam"):
-            raise ValueError(f"--hyper-optimizer={self.hyper_optimizer!r}: expected 'sgd' or 'adam'")
+        if self.hyper_optimizer not in HYPER_OPTIMIZERS:
+            raise ValueError(f"--hyper-optimizer={self.hyper_optimizer!r}: expected one of "
+                             f"{', '.join(HYPER_OPTIMIZERS)}")
         if self.outer_steps < 1:
             raise ValueError(f"--outer-steps={self.outer_steps}: expected an integer >= 1")
 
@@ -68,9 +79,7 @@ def build_task(name: str, seed: int, settings: Settings) -> Task:
 
 
 def _hyper_optimizer(task: Task, settings: Settings) -> torch.optim.Optimizer:
-    if settings.hyper_optimizer == "adam":
-        return torch.optim.Adam([task.space.raw], lr=settings.hyper_lr)
-    return torch.optim.SGD([task.space.raw], lr=settings.hyper_lr)
+    return defaults.hyper_optimizer(task.space.raw, settings.hyper_optimizer, settings.hyper_lr, settings.max_step)
 
 
 def validation_loss(task: Task) -> float:
@@ -126,7 +135,7 @@ def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progr
         strategy = Local(window=settings.window, mode=task.mode)
     else:
         strategy = Glocal(window=settings.window, total_steps=total, record_every=settings.record_every,
-                          mode=task.mode, koopman=dict(settings.koopman))
+                          mode=task.mode, koopman=dict(settings.koopman), max_ratio=settings.max_ratio)
     hyper = None if strategy_name == "fixed" else _hyper_optimizer(task, settings)
     tuner = Tuner(task.model, task.optimizer, task.space, task.train_loss, task.val_loss, strategy, hyper,
                   val=task.val, clip_norm=settings.clip_norm, compile=settings.compile)
@@ -216,6 +225,10 @@ def run(name: str, strategy: str, seed: int = 0, settings: Settings | None = Non
     started = time.perf_counter()
     if strategy == "grid":
         task, part = _grid(name, seed, settings, progress)
+    elif strategy in BASELINES:
+        task = build_task(name, seed, settings)
+        part = baselines.run_baseline(task, strategy, seed, _curve_every(task.total_steps, settings),
+                                      validation_loss, progress)
     else:
         task = build_task(name, seed, settings)
         settings.validate(task.total_steps)
@@ -229,7 +242,7 @@ def run(name: str, strategy: str, seed: int = 0, settings: Settings | None = Non
         "final_val_loss": metrics["val_loss"],
         "test_loss": metrics["test_loss"],
         "wall_seconds": time.perf_counter() - started,
-        "hparams": task.space.to_dict(),
+        "hparams": part.pop("final_hparams", None) or task.space.to_dict(),
         "total_steps": task.total_steps,
     }
     for key in ("test_accuracy", "balanced_test_accuracy", "val_accuracy"):

@@ -16,23 +16,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from .. import defaults
 from ..koopman import extrapolate
 from .base import WindowEstimate, check_mode, check_positive_int, check_record_every
 
 #: options of ``glocal.koopman.extrapolate`` that Glocal uses unless told otherwise
-DEFAULT_KOOPMAN: dict[str, Any] = {"model": "affine", "fallback": "weighted"}
+DEFAULT_KOOPMAN: dict[str, Any] = defaults.KOOPMAN
+
+
+def guard(estimate: Tensor, local: Tensor, max_ratio: float) -> tuple[Tensor, int]:
+    """Per coordinate: the local value where the estimate disagrees with it in sign, else the estimate
+    with its magnitude capped at ``max_ratio`` x the local one. Returns the result and how many
+    coordinates were changed."""
+    agree = torch.sign(estimate) == torch.sign(local)
+    bound = max_ratio * local.abs()
+    guarded = torch.where(agree, estimate.clamp(-bound, bound), local)
+    return guarded, int((guarded != estimate).sum())
 
 
 @dataclass
 class Glocal:
-    window: int = 100
+    window: int = defaults.WINDOW
     total_steps: int = 1000
     record_every: int | None = None  # type: ignore[assignment]
     mode: str = "forward"
     #: options for ``glocal.koopman.extrapolate``, merged over DEFAULT_KOOPMAN
     koopman: dict[str, Any] = field(default_factory=dict)
+    #: per-coordinate guard against the local value (see ``guard``); None: follow the estimate as is
+    max_ratio: float | None = defaults.MAX_RATIO
     name: str = "glocal"
 
     def __post_init__(self) -> None:
@@ -47,12 +61,17 @@ class Glocal:
                 "recorded points (record_every <= window / 2)"
             )
         check_mode(self.mode)
+        if self.max_ratio is not None and not (self.max_ratio >= 1 and self.max_ratio < float("inf")):
+            raise ValueError(f"max_ratio={self.max_ratio!r}: expected a finite number >= 1, or None")
         self.koopman = {**DEFAULT_KOOPMAN, **self.koopman}
 
     def estimate(self, trajectory: Tensor, window_end: int) -> WindowEstimate:
         remaining = max(0, self.total_steps - window_end)
         rows_ahead = round(remaining / self.record_every)
         result = extrapolate(trajectory, rows_ahead, **self.koopman)
+        value, guarded = result.value, 0
+        if self.max_ratio is not None and not result.fell_back:
+            value, guarded = guard(value, trajectory[-1], self.max_ratio)
         diagnostics = {
             "rank": result.rank,
             "residual": result.residual,
@@ -61,6 +80,8 @@ class Glocal:
             "eigenvalue_moduli": [float(abs(e)) for e in result.eigenvalues],
             "rows_ahead": rows_ahead,
             "weight": result.weight,
+            "raw_estimate": result.value.tolist() if result.value.numel() <= 64 else None,
+            "guarded": guarded,
         }
-        return WindowEstimate(hypergradient=result.value, local=trajectory[-1], fell_back=result.fell_back,
+        return WindowEstimate(hypergradient=value, local=trajectory[-1], fell_back=result.fell_back,
                               reason=result.reason, diagnostics=diagnostics)
