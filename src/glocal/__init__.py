@@ -3,8 +3,9 @@
 The public namespace is curated: what is imported here is the supported API.
 """
 
-from . import koopman, optim
+from . import defaults, koopman, optim
 from .hypergrad import hypergradient
+from .hyperopt import RelativeSGD
 from .space import HyperSpace, Identity, Log, Logit
 from .strategies import Fixed, Global, Glocal, Local
 from .tuner import Tuner
@@ -20,7 +21,9 @@ __all__ = [
     "Local",
     "Log",
     "Logit",
+    "RelativeSGD",
     "Tuner",
+    "defaults",
     "hypergradient",
     "koopman",
     "optim",

@@ -29,8 +29,14 @@ CLIP_NORM: float | None = None
 #: Glocal: options of ``glocal.koopman.extrapolate``
 KOOPMAN: dict[str, Any] = {"model": "affine", "fallback": "weighted"}
 #: Glocal: each coordinate of the estimate must agree in sign with the local value (else the local
-#: value is used) and be at most this many times as large
+#: value is used) and be at most this many times as large ...
 MAX_RATIO = 3.0
+#: ... a coordinate that disagrees in sign becomes the local value ("local") or zero ("zero")
+DISAGREE = "local"
+#: ... unless the fit is trusted: its held-out error is 10x below the last value's (blend weight
+#: w = e_last^2 / (e_model^2 + e_last^2) >= 0.99, as on smooth full-batch dynamics), when the
+#: estimate is followed as is, sign changes included (the short-horizon bias glocal removes)
+TRUST_WEIGHT = 0.99
 
 
 def hyper_optimizer(raw: Tensor, name: str = HYPER_OPTIMIZER, lr: float = HYPER_LR,

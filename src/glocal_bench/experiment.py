@@ -48,6 +48,8 @@ class Settings:
     max_step: float = defaults.MAX_STEP
     #: Glocal's per-coordinate guard against the local value (None: off)
     max_ratio: float | None = defaults.MAX_RATIO
+    #: other ``glocal.Glocal`` options (e.g. ``{"disagree": "zero"}``), for experiments
+    glocal_options: dict[str, Any] = field(default_factory=dict)
     steps: int | None = None
     outer_steps: int = 4
     init: dict[str, float] = field(default_factory=dict)
@@ -135,7 +137,8 @@ def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progr
         strategy = Local(window=settings.window, mode=task.mode)
     else:
         strategy = Glocal(window=settings.window, total_steps=total, record_every=settings.record_every,
-                          mode=task.mode, koopman=dict(settings.koopman), max_ratio=settings.max_ratio)
+                          mode=task.mode, koopman=dict(settings.koopman), max_ratio=settings.max_ratio,
+                          **settings.glocal_options)
     hyper = None if strategy_name == "fixed" else _hyper_optimizer(task, settings)
     tuner = Tuner(task.model, task.optimizer, task.space, task.train_loss, task.val_loss, strategy, hyper,
                   val=task.val, clip_norm=settings.clip_norm, compile=settings.compile)
