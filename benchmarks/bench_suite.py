@@ -28,8 +28,9 @@ import torch
 
 from glocal_bench import experiment
 from glocal_bench.experiment import Settings
+from glocal_bench.tasks.suite import SUITE_TASKS
 
-SUITE = ("digits-cnn-bn", "seq-transformer", "diabetes-mlp", "digits-mlp-long", "mnist1d-mlp-indep")
+SUITE = SUITE_TASKS
 STRATEGIES = ("fixed", "local", "glocal", "hd", "schedulefree", "prodigy", "grid")
 DEFAULT_JSON = Path(__file__).parent / "results" / "suite.json"
 

@@ -6,9 +6,8 @@ import torch
 from glocal import Local, Tuner
 from glocal.hypergrad import ForwardEngine
 from glocal_bench import tasks
+from glocal_bench.tasks.suite import SUITE_TASKS as SUITE
 from glocal_bench.tasks.suite import EncoderLayer, pointer_data
-
-SUITE = ("digits-cnn-bn", "seq-transformer", "diabetes-mlp", "digits-mlp-long", "mnist1d-mlp-indep")
 
 
 @pytest.mark.parametrize("name", SUITE)

@@ -21,10 +21,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .base import Task, cross_entropy, mse, optimizer_and_space, seeded_init, stratified_split, to_split
+from .base import (
+    Task,
+    cross_entropy,
+    global_rngs_kept,
+    mse,
+    optimizer_and_space,
+    seeded_init,
+    stratified_split,
+    to_split,
+)
 from .mnist1d import make_mnist1d
 
 __all__ = [
+    "SUITE_TASKS",
     "make_diabetes_mlp",
     "make_digits_cnn_bn",
     "make_digits_mlp_long",
@@ -33,11 +43,16 @@ __all__ = [
 ]
 
 
+#: the registered names of this module's tasks (their grid oracles are small: lr x weight decay, 6 runs)
+SUITE_TASKS = ("digits-cnn-bn", "seq-transformer", "diabetes-mlp", "digits-mlp-long", "mnist1d-mlp-indep")
+
+
 @functools.lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    with global_rngs_kept():
+        from sklearn.datasets import load_digits
 
-    data = load_digits()
+        data = load_digits()
     return data.data.astype(np.float64), data.target.astype(np.int64)
 
 
@@ -111,9 +126,10 @@ def make_digits_mlp_long(seed: int = 0, *, dtype: torch.dtype = torch.float32,
 
 @functools.lru_cache(maxsize=1)
 def _diabetes() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_diabetes
+    with global_rngs_kept():
+        from sklearn.datasets import load_diabetes
 
-    data = load_diabetes()
+        data = load_diabetes()
     return data.data.astype(np.float64), data.target.astype(np.float64)
 
 
