@@ -18,8 +18,12 @@ class ProgressBar:
         self.tty = self.stream.isatty()
         self._last_draw = 0.0
         self._last_percent = -1
+        #: (time, done) at the first update: the estimate uses the rate since then, not the setup time
+        self._origin: tuple[float, int] | None = None
 
     def __call__(self, increment: int = 1) -> None:
+        if self._origin is None:
+            self._origin = (time.perf_counter(), self.done + increment)
         self.done += increment
         if not self.enabled:
             return
@@ -35,10 +39,11 @@ class ProgressBar:
         self._last_draw = now
         fraction = min(1.0, self.done / self.total)
         elapsed = now - self.started
-        eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+        since, done = self._origin or (now, self.done)
+        left = f"~{(now - since) / (self.done - done) * (self.total - self.done):5.1f}s" if self.done > done else "?"
         bar = "#" * int(30 * fraction) + "-" * (30 - int(30 * fraction))
         self.stream.write(f"{prefix}{self.label:<24} [{bar}] {100 * fraction:5.1f}% "
-                          f"{elapsed:6.1f}s elapsed, ~{eta:5.1f}s left{suffix}")
+                          f"{elapsed:6.1f}s elapsed, {left} left{suffix}")
         self.stream.flush()
 
     def close(self) -> None:

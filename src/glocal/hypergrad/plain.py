@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from .engine import Engine
+from .engine import ModelEngine
 from .functional import Batch, call_loss, split_batch
+from .tangents import reduce_all
 
 
-class PlainEngine(Engine):
+class PlainEngine(ModelEngine):
     """Trains ``model`` in place with the current hyperparameters held constant."""
 
     def step(self, batch: Batch) -> float:
@@ -25,6 +26,9 @@ class PlainEngine(Engine):
             output = self.fmodel(params, buffers, x)
         loss = call_loss(self.train_loss, output, rest, hparams if self.loss_uses_hparams else None)
         grads = torch.autograd.grad(loss, params)
+        if self.reducer is not None:  # the gradient and the loss, averaged in one collective
+            *grads, loss = reduce_all(self.reducer, (*grads, loss.detach().reshape(())), "training gradient and loss")
+            grads = tuple(grads)
         self.step_count += 1
         with torch.no_grad():
             new_params, new_state = self.optimizer.update(
@@ -35,6 +39,3 @@ class PlainEngine(Engine):
         self.state = new_state
         self.fmodel.write_back(new_params, buffers)
         return float(loss.detach())
-
-    def reset_tangents(self) -> None:
-        """Nothing to reset: a plain engine carries no tangents."""
