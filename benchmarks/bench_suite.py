@@ -6,8 +6,9 @@
 Results accumulate in ``--json`` (default benchmarks/results/suite.json): a (task, strategy, seed)
 already there is not run again unless ``--force``, so a long run can be stopped and resumed and
 subsets can be added. In every process the untuned (``fixed``) run of each (task, seed) is timed
-first, and each record stores that time, so the time ratios compare runs of one process; the CPU
-time ratio (one thread) is the one to read on a shared machine, where wall time depends on the load.
+first, and each record stores that time, so the wall-time ratios compare runs of one process. The CPU
+time ratio (one thread; against the ``fixed`` record of the same task and seed) is the one to read on a
+shared machine, where wall time depends on the load. Data generation and imports are not timed.
 ``--set NAME=VALUE`` changes a ``Settings`` field (e.g. ``hyper_lr=0.1``) and
 ``--label`` stores the runs under another strategy name, to compare variants of the default.
 The markdown table (mean ± sample std over seeds) is printed and written next to the JSON.
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from glocal_bench import experiment
+from glocal_bench import tasks as tasks_module
 from glocal_bench.experiment import Settings
 from glocal_bench.tasks.suite import SUITE_TASKS
 
@@ -95,6 +97,7 @@ def run(tasks: list[str], strategies: list[str], seeds: list[int], path: Path, o
             if not todo:
                 continue
             fixed = None
+            tasks_module.make(task, seed=seed)  # warm-up: data generation and imports are not timed
             if reference or "fixed" in todo:
                 fixed = _timed(task, "fixed", seed, Settings())  # the time reference of this process
             for strategy in todo:
@@ -127,6 +130,8 @@ def table(data: dict[str, Any], tasks: list[str] | None = None, strategies: list
     present = list(dict.fromkeys(r["strategy"] for r in records))
     order = [s for s in (strategies or STRATEGIES) if s in present] + (
         [] if strategies else [s for s in present if s not in STRATEGIES])
+    fixed_cpu = {(r["task"], r["seed"]): r["cpu_seconds"] for r in records
+                 if r["strategy"] == "fixed" and r.get("cpu_seconds")}
     lines = ["| task | strategy | seeds | final val loss | test metric | CPU time / fixed | wall time / fixed |",
              "|---|---|---|---|---|---|---|"]
     for task in tasks:
@@ -139,7 +144,8 @@ def table(data: dict[str, Any], tasks: list[str] | None = None, strategies: list
                 metric = "acc " + _mean_std([r["test_accuracy"] for r in group], 3)
             else:
                 metric = "mse " + _mean_std([r["test_loss"] for r in group], 3)
-            cpu = _mean_std([r["cpu_seconds"] / r["fixed_cpu_seconds"] for r in group if "fixed_cpu_seconds" in r], 1)
+            cpu = _mean_std([r["cpu_seconds"] / fixed_cpu[(task, r["seed"])] for r in group
+                             if "cpu_seconds" in r and (task, r["seed"]) in fixed_cpu], 1)
             wall = _mean_std([r["wall_seconds"] / r["fixed_wall_seconds"] for r in group if "fixed_wall_seconds" in r],
                              1)
             lines.append(f"| {task} | {strategy} | {len(group)} | {_mean_std(val)} | {metric} | {cpu} | {wall} |")
