@@ -31,7 +31,7 @@ def test_running_rms_and_bias_correction():
     _step(opt, raw, [3.0], local=[3.0])
     # mean square (bias-corrected): (0.5 * 0.5 * 1 + 0.5 * 9) / (1 - 0.25) = 6.333...
     rms = math.sqrt((0.25 * 1 + 0.5 * 9) / 0.75)
-    assert float(raw) == pytest.approx(-1.0 - 3.0 / rms, rel=1e-12)
+    assert raw.item() == pytest.approx(-1.0 - 3.0 / rms, rel=1e-12)
 
 
 def test_trust_region_clips_each_coordinate():

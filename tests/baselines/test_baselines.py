@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+from glocal import HyperSpace, Log
 from glocal_bench import baselines, experiment, tasks
 from glocal_bench.baselines import HypergradientDescent, MissingExtra, refresh_batchnorm
 
@@ -85,5 +86,7 @@ def test_missing_extra_is_one_clear_line(monkeypatch):
 
 
 def test_vector_hyperparameters_are_rejected():
+    task = tasks.make("logistic-digits", seed=0, total_steps=5)
+    task.space = HyperSpace(lr=Log(0.05), class_weights=Log(torch.ones(10)))  # as the reweighting tasks
     with pytest.raises(ValueError, match="vector"):
-        experiment.run("mnist1d-imbalanced", "hd", 0, SHORT)
+        baselines.run_baseline(task, "hd", 0, 5, experiment.validation_loss)
