@@ -446,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return _bench_estimator(args)
         if args.command == "demo":
-            # a small MLP: one thread is faster on a few cores (two threads stall, DESIGN section 7)
+            # a small MLP: one thread is faster on a few cores (two threads were seen to stall per step)
             torch.set_num_threads(1)
             settings = demo_settings()
             print(f"glocal demo: {DEMO_TASK}, initial lr {settings.init['lr']:.3g} "

@@ -4,7 +4,7 @@ For windows starting at several points t_k of a training run with the hyperparam
 fixed, the tangents are reset at t_k and carried to the end of the run T, recording
 h_j = d L_val(theta_{t_k + j}) / d raw every ``record_every`` steps. The last row is the TRUE
 global hypergradient from t_k; the mean of the rows in the last ``average_last`` steps is the
-time-averaged target (DESIGN section 8: the single-step target is noisy under minibatches).
+time-averaged target (under minibatches the single-step target is noisy).
 Every window length tau uses the first tau / record_every + 1 rows of the same pass, so one
 forward pass per start serves all window lengths. Each estimator variant sees only its window.
 """

@@ -3,7 +3,7 @@
 Regime: a learning rate too large for the horizon (lr 0.3 on the ill-conditioned regression): early
 on a larger step still helps (the local hypergradient says raise lr), but over the whole run the
 model overfits the noise, so the global hypergradient says lower it. This is the short-horizon
-bias glocal is meant to remove (DESIGN section 1).
+bias glocal is meant to remove.
 """
 
 import copy
