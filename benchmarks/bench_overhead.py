@@ -22,7 +22,8 @@ defaults (``--init`` overrides).
     python benchmarks/bench_overhead.py --task mnist1d-mlp --repeats 2 --out benchmarks/results/overhead.json
 
 Variants (``--variants``, comma-separated, each against the same plain loop):
-  glocal           the default Glocal run (window 100, record every 10, affine DMD, SGD on phi)
+  glocal           the default Glocal run (window 100, record every 10, the library's default
+                   estimator and outer step)
   local            Local (records only at window ends)
   fixed            glocal's plain engine (no tangents): the floor of glocal's own bookkeeping
   glocal-compiled  Glocal with ``compile=True``
@@ -122,7 +123,7 @@ class TunedLoop:
             strategy = Local(window=window, **strategy_kw)
         else:
             strategy = Glocal(window=window, total_steps=task.total_steps, record_every=record_every, **strategy_kw)
-        hyper = None if variant == "fixed" else torch.optim.SGD([task.space.raw], lr=1.0)
+        hyper = None  # the library's default outer step
         if variant.endswith("compiled"):
             kw["compile"] = True
         self.tuner = Tuner(task.model, task.optimizer, task.space, task.train_loss, task.val_loss, strategy,

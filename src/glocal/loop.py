@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import defaults
 from .hypergrad.engine import Engine, Validation
 from .records import Listener, emit, revert_record, step_record, val_record, window_record
 from .space import HyperSpace
@@ -86,9 +87,9 @@ class OnlineLoop:
         strategy: Strategy,
         hyper_optimizer: torch.optim.Optimizer | None = None,
         *,
-        clip_norm: float | None = 1.0,
+        clip_norm: float | None = defaults.CLIP_NORM,
         divergence_factor: float | None = 100.0,
-        hyper_lr: float = 0.1,
+        hyper_lr: float = defaults.HYPER_LR,
         listeners: Sequence[Listener] = (),
     ) -> None:
         if divergence_factor is not None and not (divergence_factor > 1 and math.isfinite(divergence_factor)):
@@ -102,7 +103,7 @@ class OnlineLoop:
         self.divergence_factor = divergence_factor
         if strategy.window > 0:
             if hyper_optimizer is None:
-                hyper_optimizer = torch.optim.SGD([space.raw], lr=hyper_lr)
+                hyper_optimizer = defaults.hyper_optimizer(space.raw, lr=hyper_lr)
             if not any(p is space.raw for g in hyper_optimizer.param_groups for p in g["params"]):
                 raise ValueError("hyper_optimizer: it must optimize space.raw, e.g. torch.optim.Adam([space.raw])")
         self.hyper_optimizer = hyper_optimizer
@@ -272,6 +273,9 @@ class OnlineLoop:
             raise RuntimeError("a tuning strategy needs a hyper_optimizer")
         self.hyper_optimizer.zero_grad(set_to_none=True)
         self.space.raw.grad = hypergradient.clone()
+        set_reference = getattr(self.hyper_optimizer, "set_reference", None)
+        if callable(set_reference):  # scale-free outer steps measure phi in units of the local hypergradient
+            set_reference(self.space.raw, trajectory[-1].to(hypergradient))
         self.hyper_optimizer.step()
         if not torch.isfinite(self.space.raw).all():  # never corrupt phi
             with torch.no_grad():

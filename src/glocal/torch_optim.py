@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from . import defaults
 from .amp import FLOAT16_REFUSED, full_precision, under_autocast
 from .distributed import resolve_reducer
 from .hypergrad.params_engine import ParamEngine
@@ -330,7 +331,7 @@ class GlocalSGD(_GlocalOptimizer):
     its range: > 0 for lr and weight_decay, in (0, 1) for momentum and dampening). ``strategy``:
     "glocal" (needs ``total_steps``), "local" or "fixed". ``val_closure``: returns the validation
     loss (with ``model=`` given it runs in eval mode). ``hyper_optimizer``: a factory
-    ``lambda params: torch.optim.Adam(params, lr=...)``; default SGD with ``hyper_lr``.
+    ``lambda params: torch.optim.Adam(params, lr=...)``; default ``glocal.defaults.hyper_optimizer`` with ``hyper_lr``.
     ``reducer``: data-parallel under ``torchrun`` as in ``glocal.Tuner`` ("auto": averaged over the
     ranks of an initialised default process group; each rank computes its gradient on its shard, and
     ``val_closure`` on its shard of the validation set; do not also wrap the model in DDP).
@@ -355,9 +356,9 @@ class GlocalSGD(_GlocalOptimizer):
         total_steps: int | None = None,
         val_closure: Callable[[], Tensor] | None = None,
         record_every: int | None = None,
-        hyper_lr: float = 0.1,
+        hyper_lr: float = defaults.HYPER_LR,
         hyper_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer] | None = None,
-        clip_norm: float | None = 1.0,
+        clip_norm: float | None = defaults.CLIP_NORM,
         divergence_factor: float | None = 100.0,
         koopman: Mapping[str, Any] | None = None,
         model: nn.Module | None = None,
@@ -407,9 +408,9 @@ class GlocalAdamW(_GlocalOptimizer):
         total_steps: int | None = None,
         val_closure: Callable[[], Tensor] | None = None,
         record_every: int | None = None,
-        hyper_lr: float = 0.1,
+        hyper_lr: float = defaults.HYPER_LR,
         hyper_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer] | None = None,
-        clip_norm: float | None = 1.0,
+        clip_norm: float | None = defaults.CLIP_NORM,
         divergence_factor: float | None = 100.0,
         koopman: Mapping[str, Any] | None = None,
         model: nn.Module | None = None,

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import defaults
 from .amp import model_autocast
 from .distributed import resolve_reducer
 from .hypergrad.engine import Validation
@@ -35,7 +36,9 @@ class Tuner(OnlineLoop):
     ``tuner.step(train_batch, val_batch)`` once per batch trains the model in place (evaluate it
     as usual), records local hypergradients and, at each window's end, writes the strategy's
     hypergradient into ``space.raw.grad`` and steps ``hyper_optimizer`` (any ``torch.optim``
-    optimizer over ``[space.raw]``; default: SGD with lr 0.1). ``val_batch`` may be omitted when
+    optimizer over ``[space.raw]``; default: ``glocal.defaults.hyper_optimizer``, a
+    ``glocal.RelativeSGD`` that is also given each window's local hypergradient through its
+    ``set_reference``). ``val_batch`` may be omitted when
     ``val`` (a fixed batch or a callable returning one) was given here.
 
     Training steps run the model in train mode and validation in eval mode (BatchNorm statistics,
@@ -76,7 +79,7 @@ class Tuner(OnlineLoop):
         hyper_optimizer: torch.optim.Optimizer | None = None,
         *,
         val: Validation | None = None,
-        clip_norm: float | None = 1.0,
+        clip_norm: float | None = defaults.CLIP_NORM,
         compile: bool = False,
         divergence_factor: float | None = 100.0,
         reducer: Reducer | str | None = "auto",

@@ -16,15 +16,21 @@ from typing import Any
 
 import torch
 
+from glocal import defaults
 from glocal.outer import Global
 from glocal.records import Listener, Record, step_record, val_record, window_record
 from glocal.strategies import Fixed, Glocal, Local
 from glocal.tuner import Tuner
 
-from . import parallel, tasks
+from . import baselines, parallel, tasks
 from .tasks.base import Task
 
-STRATEGIES = ("fixed", "local", "glocal", "global", "grid")
+STRATEGIES = ("fixed", "local", "glocal", "global", "grid", "hd", "schedulefree", "prodigy")
+#: strategies that are not glocal's: plain torch loops over the same model and batches (baselines.py)
+BASELINES = ("hd", "schedulefree", "prodigy")
+
+#: outer steps on phi (``glocal.defaults.hyper_optimizer``)
+HYPER_OPTIMIZERS = ("relative", "sgd", "adam")
 
 Progress = Callable[[int], None]
 #: called with (inner step, validation loss) at every curve point of an online run; may raise to stop
@@ -48,11 +54,17 @@ class Checkpointing:
 class Settings:
     """How a strategy is run; the defaults are what ``glocal compare`` uses."""
 
-    window: int = 100
+    window: int = defaults.WINDOW
     record_every: int | None = None
-    hyper_lr: float = 1.0
-    hyper_optimizer: str = "sgd"
-    clip_norm: float | None = 1.0
+    hyper_lr: float = defaults.HYPER_LR
+    hyper_optimizer: str = defaults.HYPER_OPTIMIZER
+    clip_norm: float | None = defaults.CLIP_NORM
+    #: RelativeSGD's per-coordinate trust region per window (hyper_optimizer "relative")
+    max_step: float = defaults.MAX_STEP
+    #: Glocal's per-coordinate guard against the local value (None: off)
+    max_ratio: float | None = defaults.MAX_RATIO
+    #: other ``glocal.Glocal`` options (e.g. ``{"disagree": "zero"}``), for experiments
+    glocal_options: dict[str, Any] = field(default_factory=dict)
     steps: int | None = None
     outer_steps: int = 4
     init: dict[str, float] = field(default_factory=dict)
@@ -69,8 +81,9 @@ class Settings:
             raise ValueError(f"--window={self.window}: expected 1..{total_steps} (the run's total steps)")
         if not (self.hyper_lr > 0 and math.isfinite(self.hyper_lr)):
             raise ValueError(f"--hyper-lr={self.hyper_lr}: expected a finite number > 0")
-        if self.hyper_optimizer not in ("sgd", "adam"):
-            raise ValueError(f"--hyper-optimizer={self.hyper_optimizer!r}: expected 'sgd' or 'adam'")
+        if self.hyper_optimizer not in HYPER_OPTIMIZERS:
+            raise ValueError(f"--hyper-optimizer={self.hyper_optimizer!r}: expected one of "
+                             f"{', '.join(HYPER_OPTIMIZERS)}")
         if self.outer_steps < 1:
             raise ValueError(f"--outer-steps={self.outer_steps}: expected an integer >= 1")
         if self.record_val_size is not None and self.record_val_size < 1:
@@ -87,9 +100,7 @@ def build_task(name: str, seed: int, settings: Settings) -> Task:
 
 
 def _hyper_optimizer(task: Task, settings: Settings) -> torch.optim.Optimizer:
-    if settings.hyper_optimizer == "adam":
-        return torch.optim.Adam([task.space.raw], lr=settings.hyper_lr)
-    return torch.optim.SGD([task.space.raw], lr=settings.hyper_lr)
+    return defaults.hyper_optimizer(task.space.raw, settings.hyper_optimizer, settings.hyper_lr, settings.max_step)
 
 
 def validation_loss(task: Task) -> float:
@@ -159,7 +170,8 @@ def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progr
         strategy = Local(window=settings.window, mode=task.mode)
     else:
         strategy = Glocal(window=settings.window, total_steps=total, record_every=settings.record_every,
-                          mode=task.mode, koopman=dict(settings.koopman))
+                          mode=task.mode, koopman=dict(settings.koopman), max_ratio=settings.max_ratio,
+                          **settings.glocal_options)
     hyper = None if strategy_name == "fixed" else _hyper_optimizer(task, settings)
     record_val = None
     if settings.record_val_size is not None and settings.record_val_size < len(task.val[0]):
@@ -302,6 +314,10 @@ def run(name: str, strategy: str, seed: int = 0, settings: Settings | None = Non
         torch.manual_seed(seed)
         if strategy == "grid":
             task, part = _grid(name, seed, settings, progress, on_record)
+        elif strategy in BASELINES:
+            task = build_task(name, seed, settings)
+            part = baselines.run_baseline(task, strategy, seed, _curve_every(task.total_steps, settings),
+                                          validation_loss, progress)
         else:
             task = build_task(name, seed, settings)
             settings.validate(task.total_steps)
@@ -317,7 +333,7 @@ def run(name: str, strategy: str, seed: int = 0, settings: Settings | None = Non
         "wall_seconds": time.perf_counter() - started,
         # CPU seconds of this process: unlike wall time, not inflated by other jobs on a shared machine
         "cpu_seconds": time.process_time() - cpu_started,
-        "hparams": task.space.to_dict(),
+        "hparams": part.pop("final_hparams", None) or task.space.to_dict(),
         "total_steps": task.total_steps,
     }
     for key in ("test_accuracy", "balanced_test_accuracy", "val_accuracy"):

@@ -1,6 +1,6 @@
 """Outer Optuna search over the *initial* hyperparameters, each trial one online-tuned run.
 
-Gradient-based tuning follows one path and settles in the basin it starts in (DESIGN section 8);
+Gradient-based tuning follows one path and settles in the basin it starts in;
 black-box search finds basins but pays a whole run per trial. ``run_search`` combines them: Optuna's
 TPE (seeded) samples initial values of the task's hyperparameters (log-uniform a factor ``spread``
 each way around the task's defaults for positive ones, the logit likewise for ones in (0, 1), and
