@@ -24,6 +24,8 @@ HYPER_LR = 0.1
 MAX_STEP = 0.3
 #: RelativeSGD's decay of the running mean square of the local hypergradients (per window)
 RMS_BETA = 0.9
+#: Global: outer steps (each one a whole training run; the final model is one more run)
+OUTER_STEPS = 4
 #: joint hypergradient norm clip applied by the Tuner before the hyper-optimizer (None: no clip)
 CLIP_NORM: float | None = None
 #: Glocal: options of ``glocal.koopman.extrapolate``

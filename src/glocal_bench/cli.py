@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import torch
 
+from glocal import defaults
 from glocal.distributed import DistributedError
 
 from . import atomic, baselines, estimator_bench, experiment, parallel, report, tasks
@@ -88,7 +89,8 @@ def _tuning_options(parser: argparse.ArgumentParser) -> None:
                         "that recommend it, e.g. per-sample weights)")
     parser.add_argument("--clip", type=_positive_float, default=None,
                         help=f"hypergradient norm clip (default {Settings.clip_norm}: none)")
-    parser.add_argument("--outer-steps", type=_positive_int, default=4, help="global: outer steps (default 4)")
+    parser.add_argument("--outer-steps", type=_positive_int, default=defaults.OUTER_STEPS,
+                        help=f"global: outer steps (default {defaults.OUTER_STEPS})")
     parser.add_argument("--steps", type=_positive_int, default=None, help="inner steps per run (default: task's)")
     parser.add_argument("--init", type=_init_values, default={}, metavar="NAME=VALUE[,...]",
                         help="initial hyperparameter values, e.g. lr=0.002,weight_decay=1e-4")
@@ -435,6 +437,7 @@ DEMO_LR_FACTOR = 30.0
 def demo_settings() -> Settings:
     default_lr = tasks.make(DEMO_TASK, seed=0).space.to_dict()["lr"]
     assert isinstance(default_lr, float)
+    # the demo's budget: Global gets 3 outer steps (4 whole runs) so the demo stays about a minute
     return Settings(init={"lr": default_lr / DEMO_LR_FACTOR}, outer_steps=3)
 
 

@@ -66,7 +66,7 @@ class Settings:
     #: other ``glocal.Glocal`` options (e.g. ``{"disagree": "zero"}``), for experiments
     glocal_options: dict[str, Any] = field(default_factory=dict)
     steps: int | None = None
-    outer_steps: int = 4
+    outer_steps: int = defaults.OUTER_STEPS
     init: dict[str, float] = field(default_factory=dict)
     koopman: dict[str, Any] = field(default_factory=dict)
     curve_points: int = 20
