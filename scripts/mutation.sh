@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Mutation testing of the library core with mutmut, one module at a time (docs/testing.md).
+#
+#   scripts/mutation.sh MODULE [--max-children N]      MODULE: space optim koopman strategies tuner hypergrad
+#   scripts/mutation.sh MODULE --score                 only print the score of the last run
+#
+# Each module runs in its own workspace .mutation/MODULE (a copy of src/, tests/ and pyproject.toml
+# with a [tool.mutmut] section naming the files to mutate and the fast, targeted tests that cover
+# them), so results are cached per module and re-running after a change only re-tests what changed.
+# Mutants listed in scripts/mutation_equivalent.txt (with the reason) are excluded from the score.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python}"
+module="${1:?usage: scripts/mutation.sh MODULE [--max-children N | --score]}"
+shift
+
+case "$module" in
+    space)      mutate='"src/glocal/space.py"'
+                tests='"tests/test_space.py", "tests/optim", "tests/test_tuner.py"' ;;
+    optim)      mutate='"src/glocal/optim/*"'
+                tests='"tests/optim", "tests/hypergrad/test_exactness.py"' ;;
+    koopman)    mutate='"src/glocal/koopman/*"'
+                tests='"tests/koopman", "tests/strategies/test_glocal_horizon.py"' ;;
+    strategies) mutate='"src/glocal/strategies/*"'
+                tests='"tests/strategies", "tests/test_tuner.py"' ;;
+    tuner)      mutate='"src/glocal/tuner.py"'
+                tests='"tests/test_tuner.py", "tests/tuner", "tests/strategies/test_glocal_horizon.py"' ;;
+    hypergrad)  mutate='"src/glocal/hypergrad/*"'
+                tests='"tests/hypergrad", "tests/test_tuner.py", "tests/reweighting/test_reweighting_reverse.py"' ;;
+    *) echo "scripts/mutation.sh: unknown module '$module'; expected space, optim, koopman, strategies, tuner or hypergrad" >&2
+       exit 2 ;;
+esac
+
+work="$ROOT/.mutation/$module"
+if [ "${1:-}" != "--score" ]; then
+    mkdir -p "$work"
+    # Fresh copies (mtimes kept: mutmut re-mutates only files whose source changed).
+    rm -rf "$work/src" "$work/tests"
+    cp -a "$ROOT/src" "$ROOT/tests" "$work/"
+    find "$work" -name __pycache__ -prune -exec rm -rf {} +
+    cp -p "$ROOT/pyproject.toml" "$work/pyproject.toml"
+    cat >> "$work/pyproject.toml" <<EOF
+
+[tool.mutmut]
+source_paths = ["src"]
+only_mutate = [$mutate]
+pytest_add_cli_args_test_selection = [$tests]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-x"]
+process_isolation = "forkserver"
+EOF
+    cd "$work"
+    # the mutated copy under mutants/src must be what the tests import, on one thread per worker
+    env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 "$PYTHON" -m mutmut run "$@" || true
+fi
+cd "$work"
+env -u PYTHONPATH "$PYTHON" -m mutmut results --all true > "$work/results.txt"
+"$PYTHON" "$ROOT/scripts/mutation_score.py" "$module" "$work/results.txt" "$ROOT/scripts/mutation_equivalent.txt"
