@@ -47,6 +47,7 @@ only_mutate = [$mutate]
 pytest_add_cli_args_test_selection = [$tests]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-x"]
 process_isolation = "forkserver"
+use_git_change_detection = false
 EOF
     cd "$work"
     # the mutated copy under mutants/src must be what the tests import, on one thread per worker
