@@ -3,6 +3,8 @@
 #
 #   scripts/mutation.sh MODULE [--max-children N]      MODULE: space optim koopman strategies tuner hypergrad
 #   scripts/mutation.sh MODULE --score                 only print the score of the last run
+#   scripts/mutation.sh MODULE --survivors [--max-children N]   re-test only the last run's survivors
+#                                                      (after adding tests; mutmut keeps other results)
 #
 # Each module runs in its own workspace .mutation/MODULE (a copy of src/, tests/ and pyproject.toml
 # with a [tool.mutmut] section naming the files to mutate and the fast, targeted tests that cover
@@ -18,7 +20,7 @@ shift
 
 case "$module" in
     space)      mutate='"src/glocal/space.py"'
-                tests='"tests/test_space.py", "tests/optim", "tests/test_tuner.py"' ;;
+                tests='"tests/test_space.py", "tests/test_space_details.py", "tests/optim", "tests/test_tuner.py"' ;;
     optim)      mutate='"src/glocal/optim/*"'
                 tests='"tests/optim", "tests/hypergrad/test_exactness.py"' ;;
     koopman)    mutate='"src/glocal/koopman/*"'
@@ -54,8 +56,15 @@ process_isolation = "forkserver"
 use_git_change_detection = false
 EOF
     cd "$work"
+    names=()
+    if [ "${1:-}" = "--survivors" ]; then
+        shift
+        mapfile -t names < <(grep -vE ': (killed|timeout)$' "$work/results.txt" | sed -E 's/^ *([^:]+): .*/\1/')
+        echo "re-testing ${#names[@]} surviving mutants"
+    fi
     # the mutated copy under mutants/src must be what the tests import, on one thread per worker
-    env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 "$PYTHON" -m mutmut run "$@" || true
+    env -u PYTHONPATH OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+        "$PYTHON" -m mutmut run "$@" "${names[@]}" || true
 fi
 cd "$work"
 env -u PYTHONPATH "$PYTHON" -m mutmut results --all true > "$work/results.txt"

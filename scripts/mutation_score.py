@@ -2,7 +2,8 @@
 
 Usage: python scripts/mutation_score.py MODULE RESULTS_TXT EQUIVALENT_TXT
 
-Score = killed / (all mutants - equivalent ones). A mutant counts as killed when a test failed
+Score = killed / (mutants run - equivalent ones); mutants not run yet (an interrupted run) are
+reported apart. A mutant counts as killed when a test failed
 ("killed") or the run exceeded its time limit ("timeout": the mutant made the code loop or crawl).
 "Survived", "no tests", "suspicious" and "not checked" count against the score. The equivalent list
 has one mutant per line, ``name  # reason``; only the names of this module's mutants are used.
@@ -43,12 +44,14 @@ def main(module: str, results: Path, equivalent_file: Path) -> int:
         return 1
     equivalent = {k: v for k, v in read_equivalent(equivalent_file).items() if k in statuses}
     wrongly_equivalent = sorted(k for k in equivalent if statuses[k] in KILLED)
-    counted = {k: v for k, v in statuses.items() if k not in equivalent}
+    unchecked = sorted(k for k, v in statuses.items() if v == "not checked")
+    counted = {k: v for k, v in statuses.items() if k not in equivalent and v != "not checked"}
     counts = Counter(counted.values())
     killed = sum(counts[s] for s in KILLED)
     total = len(counted)
-    print(f"{module}: {len(statuses)} mutants, {len(equivalent)} recorded as equivalent, "
-          f"{killed}/{total} of the others killed = {100 * killed / max(total, 1):.1f}%  ({dict(counts)})")
+    print(f"{module}: {len(statuses)} mutants, {len(unchecked)} not run yet, {len(equivalent)} recorded as "
+          f"equivalent, {killed}/{total} of the others killed = {100 * killed / max(total, 1):.1f}%  "
+          f"({dict(counts)})")
     survivors = sorted(k for k, v in counted.items() if v not in KILLED)
     for name in survivors:
         print(f"  {counted[name]}: {name}")
