@@ -13,6 +13,8 @@ Configurations (all on one thread, ``torch.set_num_threads(1)``):
   hypergrad    ForwardEngine.hypergradient on the 1000 validation samples (q = 4): the per-record cost
   rev W=50     ReverseEngine: 50 unrolled steps + one hypergradient (q = 4), reported per step
   fwd-old q=…  (only with --baseline-forward) the ForwardEngine of another forward.py, side by side
+  dropin q=…   (only with --dropin) glocal.GlocalSGD in the user's loop: zero_grad, backward(create_graph=True),
+               step, tuning the same names as fwd q=… (no validation: the window never ends)
   fwd-compiled q=…  (only with --compile) glocal.hypergrad.compiled.CompiledForwardEngine (torch.compile,
                fullgraph, dynamic=False); its cold compile time (first compiled step) is reported separately
 
@@ -161,6 +163,30 @@ def make_config(name: str, batch: int, data, baseline=None, held: bool = True) -
                     engine.step(stream())
                 return n
         return run, held
+    if name.startswith("dropin"):
+        q = int(name.split("q=")[1])
+        model = mlp()
+        tuned = ("lr", "weight_decay", "momentum", "dampening")[:q]
+        opt = glocal.GlocalSGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+                               dampening=DAMPENING, tune=tuned, strategy="local", window=10**9,
+                               val_closure=lambda: F.cross_entropy(model(xv), yv))
+
+        def step() -> None:
+            xb, yb = stream()
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), yb).backward(create_graph=True)
+            opt.step()
+
+        step()  # non-zero tangents from here on (the window never ends: no validation in the timing)
+
+        def run(n: int) -> int:
+            for _ in range(n):
+                step()
+            return n
+
+        held = sum(t.numel() * t.element_size() for t in (*opt.engine.tangents.tangent_params,
+                                                          *opt.engine.tangents.tangent_state))
+        return run, held
     if name.startswith("rev"):
         engine = ReverseEngine(mlp(), inner_sgd(), space(4), F.cross_entropy)
 
@@ -195,8 +221,10 @@ def reverse_held_bytes(batch: int, data) -> int:
     return sum(seen.values())
 
 
-def configurations(baseline: bool, compiled: bool = False) -> list[str]:
+def configurations(baseline: bool, compiled: bool = False, dropin: bool = False) -> list[str]:
     names = ["plain", "fwd q=1", "fwd q=2", "fwd q=4"]
+    if dropin:
+        names += ["dropin q=1", "dropin q=2", "dropin q=4"]
     if baseline:
         names += ["fwd-old q=1", "fwd-old q=2", "fwd-old q=4"]
     if compiled:
@@ -205,8 +233,9 @@ def configurations(baseline: bool, compiled: bool = False) -> list[str]:
 
 
 # -- timing ----------------------------------------------------------------------------------------------
-def time_batch(batch: int, data, repeats: int, quick: bool, baseline, compiled: bool = False) -> dict[str, dict]:
-    names = configurations(baseline is not None, compiled)
+def time_batch(batch: int, data, repeats: int, quick: bool, baseline, compiled: bool = False,
+               dropin: bool = False) -> dict[str, dict]:
+    names = configurations(baseline is not None, compiled, dropin)
     runs = {}
     for name in names:
         runs[name], held = make_config(name, batch, data, baseline)
@@ -214,7 +243,7 @@ def time_batch(batch: int, data, repeats: int, quick: bool, baseline, compiled: 
     # steps per timed block: enough for ~10-50 ms per block; one reverse window per block
     per_block = {"plain": 40 if batch == 128 else 10}
     for name in names:
-        if name.startswith("fwd"):
+        if name.startswith(("fwd", "dropin")):
             per_block[name] = 8 if batch == 128 else 3
         elif name == "hypergrad":
             per_block[name] = 8
@@ -309,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
     parser.add_argument("--compile", action="store_true",
                         help="add fwd-compiled q=1/2/4 rows (CompiledForwardEngine) and report cold compile times")
+    parser.add_argument("--dropin", action="store_true",
+                        help="add dropin q=1/2/4 rows: glocal.GlocalSGD in a user loop (create_graph backward + step)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=128, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -321,7 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     data = load_data()
     results: dict[str, dict[str, dict]] = {}
     for batch in (int(b) for b in args.batches.split(",")):
-        results[str(batch)] = time_batch(batch, data, repeats, args.quick, baseline, args.compile)
+        results[str(batch)] = time_batch(batch, data, repeats, args.quick, baseline, args.compile,
+                                          args.dropin)
         if not args.no_memory:
             for name in results[str(batch)]:
                 results[str(batch)][name]["peak_rss_mb"] = peak_rss(name, batch, args.baseline_forward)

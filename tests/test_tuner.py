@@ -169,21 +169,20 @@ def test_global_retrains_from_the_same_start():
     assert losses[-1] < losses[0]
 
 
-def test_compile_option_selects_the_compiled_engine_for_forward_mode_only():
-    from glocal.hypergrad import ForwardEngine, PlainEngine
+def test_factory_selects_the_compiled_engine_for_forward_mode_only():
+    from glocal.hypergrad import Engine, ForwardEngine, PlainEngine, ReverseEngine, make_engine
     from glocal.hypergrad.compiled import CompiledForwardEngine
 
-    model, _, val = make_problem()
+    model, _, _ = make_problem()
     space = glocal.HyperSpace(lr=glocal.Log(0.05))
-    tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy,
-                         glocal.Local(window=2), val=val, compile=True)
-    assert isinstance(tuner.engine, CompiledForwardEngine)
-    plain = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy, glocal.Fixed(),
-                         compile=True)
-    assert isinstance(plain.engine, PlainEngine)
-    eager = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy,
-                         glocal.Local(window=2), val=val)
-    assert type(eager.engine) is ForwardEngine
+    args = (model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy)
+    assert type(make_engine("forward", *args, compile=True)) is CompiledForwardEngine
+    assert type(make_engine("plain", *args, compile=True)) is PlainEngine
+    assert type(make_engine("forward", *args)) is ForwardEngine
+    assert type(make_engine("reverse", *args)) is ReverseEngine
+    assert all(isinstance(make_engine(m, *args), Engine) for m in ("plain", "forward", "reverse"))
+    with pytest.raises(ValueError, match="mode='sideways'"):
+        make_engine("sideways", *args)
 
 
 class _Reckless:
@@ -234,3 +233,29 @@ def test_non_finite_step_is_never_applied():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     tuner.step(batches[2])
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_divergence_after_resume_restores_the_model_like_an_uninterrupted_run():
+    """The divergence snapshot is part of the checkpoint: a resumed run reverts phi AND the model."""
+    def run(resume_at):
+        model, batches, val = make_problem()
+        space = glocal.HyperSpace(lr=glocal.Log(0.05))
+        tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy, _Reckless(),
+                             torch.optim.SGD([space.raw], lr=1.0), val=val, clip_norm=None)
+        for i in range(5):
+            if i == resume_at:
+                checkpoint = copy.deepcopy(tuner.state_dict())
+                model, _, _ = make_problem(seed=7)
+                space = glocal.HyperSpace(lr=glocal.Log(0.3))
+                tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy,
+                                     _Reckless(), torch.optim.SGD([space.raw], lr=1.0), val=val, clip_norm=None)
+                tuner.load_state_dict(checkpoint)
+            record = tuner.step(batches[i])
+        return tuner, model, record
+
+    expected_tuner, expected_model, _ = run(resume_at=None)
+    tuner, model, _ = run(resume_at=3)  # checkpoint after the blow-up step, before the divergence
+    assert tuner.divergences == expected_tuner.divergences == 1
+    assert tuner.space.to_dict()["lr"] == pytest.approx(0.05)
+    for k, v in expected_model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)

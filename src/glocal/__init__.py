@@ -5,8 +5,10 @@ The public namespace is curated: what is imported here is the supported API.
 
 from . import koopman, optim
 from .hypergrad import hypergradient
+from .outer import Global
 from .space import HyperSpace, Identity, Log, Logit
-from .strategies import Fixed, Global, Glocal, Local
+from .strategies import Fixed, Glocal, Local
+from .torch_optim import GlocalAdamW, GlocalSGD
 from .tuner import Tuner
 
 __version__ = "0.1.0"
@@ -15,6 +17,8 @@ __all__ = [
     "Fixed",
     "Global",
     "Glocal",
+    "GlocalAdamW",
+    "GlocalSGD",
     "HyperSpace",
     "Identity",
     "Local",

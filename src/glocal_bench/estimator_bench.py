@@ -134,8 +134,7 @@ def trajectory_from(task_name: str, start: int, config: BenchConfig) -> tuple[Te
     for _ in range(start):
         plain.step(next(batches))
     engine = ForwardEngine(task.model, task.optimizer, task.space, task.train_loss, task.val_loss)
-    engine.state, engine.step_count = plain.state, plain.step_count
-    engine.reset_tangents()
+    engine.load_state_dict(plain.state_dict())  # the optimizer state after `start` plain steps, zero tangents
     rows = [torch.zeros(len(task.space), dtype=torch.float64)]
     for j in range(1, total - start + 1):
         engine.step(next(batches))

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from glocal.strategies import Fixed, Global, Glocal, Local
+from glocal.outer import Global
+from glocal.strategies import Fixed, Glocal, Local
 from glocal.tuner import Tuner
 
 from . import tasks

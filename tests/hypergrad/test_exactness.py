@@ -184,5 +184,5 @@ def test_bad_mode_and_empty_batches():
         glocal.hypergradient(mlp(), glocal.optim.SGD(), space, batches, val, F.cross_entropy, mode="sideways")
     with pytest.raises(ValueError, match="train_batches"):
         glocal.hypergradient(mlp(), glocal.optim.SGD(), space, [], val, F.cross_entropy)
-    with pytest.raises(ValueError, match="optimizer"):
+    with pytest.raises(TypeError, match="optimizer"):
         glocal.hypergradient(mlp(), torch.optim.SGD, space, batches, val, F.cross_entropy)

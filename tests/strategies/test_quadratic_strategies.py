@@ -75,3 +75,19 @@ def test_glocal_final_loss_no_worse_than_local_and_within_5_percent_of_global(ru
     glocal_loss, local_loss, global_loss = runs["glocal"][0], runs["local"][0], runs["global"]
     assert glocal_loss <= local_loss
     assert glocal_loss <= 1.05 * global_loss
+
+
+def test_glocal_past_total_steps_warns_once_and_follows_the_local_value():
+    import warnings as _warnings
+
+    strategy = glocal.Glocal(window=4, total_steps=8, record_every=2)
+    trajectory = torch.tensor([[0.0], [0.5], [0.8]], dtype=torch.float64)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error")
+        strategy.estimate(trajectory, 8)  # the planned end: no warning
+    with pytest.warns(RuntimeWarning, match="past total_steps=8"):
+        late = strategy.estimate(trajectory, 12)
+    torch.testing.assert_close(torch.as_tensor(late.hypergradient, dtype=torch.float64), trajectory[-1])
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error")
+        strategy.estimate(trajectory, 16)  # once only

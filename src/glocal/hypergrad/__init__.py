@@ -5,8 +5,12 @@ pulls in ``torch.compile``).
 """
 
 from .api import hypergradient
+from .engine import Engine
+from .factory import make_engine
 from .forward import ForwardEngine
 from .plain import PlainEngine
 from .reverse import ReverseEngine
+from .tangents import TangentPropagator
 
-__all__ = ["ForwardEngine", "PlainEngine", "ReverseEngine", "hypergradient"]
+__all__ = ["Engine", "ForwardEngine", "PlainEngine", "ReverseEngine", "TangentPropagator", "hypergradient",
+           "make_engine"]

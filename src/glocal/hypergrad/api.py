@@ -11,9 +11,8 @@ from torch import Tensor, nn
 from ..optim.base import InnerOptimizer
 from ..space import HyperSpace
 from .engine import Validation
-from .forward import ForwardEngine
+from .factory import make_engine
 from .functional import Batch, LossFn
-from .reverse import ReverseEngine
 
 
 def hypergradient(
@@ -37,8 +36,7 @@ def hypergradient(
     if mode not in ("forward", "reverse"):
         raise ValueError(f"mode={mode!r}: expected 'forward' or 'reverse'")
     work = copy.deepcopy(model)
-    engine_type = ForwardEngine if mode == "forward" else ReverseEngine
-    engine = engine_type(work, optimizer, space, train_loss or loss_fn, loss_fn)
+    engine = make_engine(mode, work, optimizer, space, train_loss or loss_fn, loss_fn)
     steps = 0
     for batch in train_batches:
         engine.step(batch)

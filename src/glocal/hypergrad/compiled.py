@@ -105,8 +105,7 @@ class CompiledForwardEngine(ForwardEngine):
         if not self._accept(loss, tuple(new_p)):
             return float(loss)
         self.state = tuple(new_s)
-        self.tangent_params, self.tangent_state = tuple(tp), tuple(ts)
-        self._packed_params = self._packed_state = self._packed_grads = None
-        self._tangents_zero = False
+        self.tangents.discard()  # the propagator's packed caches do not describe these tensors
+        self.tangents.commit(tuple(tp), tuple(ts))
         self.fmodel.write_back(new_p, ())
         return float(loss)

@@ -22,9 +22,14 @@ LossFn = Callable[..., Tensor]
 
 
 def accepts_hparams(loss: LossFn) -> bool:
-    """Whether ``loss`` takes a ``hparams`` keyword (so it depends on the hyperparameters)."""
+    """Whether ``loss`` takes a ``hparams`` keyword (so it depends on the hyperparameters).
+
+    A loss module (``nn.CrossEntropyLoss()``) is judged by its ``forward``: the module's own
+    ``__call__`` takes ``**kwargs`` and would otherwise be handed ``hparams`` it cannot accept.
+    """
+    target = loss.forward if isinstance(loss, nn.Module) else loss
     try:
-        parameters = inspect.signature(loss).parameters
+        parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):
         return False
     return "hparams" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from .engine import Engine
+from .engine import ModelEngine
 from .functional import Batch, call_loss, split_batch
 
 
-class PlainEngine(Engine):
+class PlainEngine(ModelEngine):
     """Trains ``model`` in place with the current hyperparameters held constant."""
 
     def step(self, batch: Batch) -> float:
@@ -25,6 +25,8 @@ class PlainEngine(Engine):
             output = self.fmodel(params, buffers, x)
         loss = call_loss(self.train_loss, output, rest, hparams if self.loss_uses_hparams else None)
         grads = torch.autograd.grad(loss, params)
+        if self.reducer is not None:
+            grads = tuple(self.reducer(g) for g in grads)
         self.step_count += 1
         with torch.no_grad():
             new_params, new_state = self.optimizer.update(
@@ -35,6 +37,3 @@ class PlainEngine(Engine):
         self.state = new_state
         self.fmodel.write_back(new_params, buffers)
         return float(loss.detach())
-
-    def reset_tangents(self) -> None:
-        """Nothing to reset: a plain engine carries no tangents."""

@@ -2,21 +2,29 @@
 
 Memory grows with the number of unrolled steps (O(window * p)) but not with q, so this is the
 engine for many hyperparameters (per-sample loss weights). ``begin_window`` cuts the graph.
+The ``reducer`` hook is applied to the validation loss and h only: the unrolled training gradient
+is not all-reduced (reverse mode is not data-parallel yet).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..optim.base import InnerOptimizer
 from ..space import HyperSpace
-from .engine import Engine, Validation
+from .engine import ModelEngine, Validation
 from .functional import Batch, LossFn, call_loss, split_batch
+from .tangents import Reducer
 
 
-class ReverseEngine(Engine):
+class ReverseEngine(ModelEngine):
     """Trains ``model`` in place while keeping the graph of the steps since ``begin_window``."""
+
+    #: the unrolled graph is not saved: checkpoint at window ends only
+    checkpoints_mid_window = False
 
     def __init__(
         self,
@@ -25,8 +33,10 @@ class ReverseEngine(Engine):
         space: HyperSpace,
         train_loss: LossFn,
         val_loss: LossFn | None = None,
+        *,
+        reducer: Reducer | None = None,
     ) -> None:
-        super().__init__(model, optimizer, space, train_loss, val_loss)
+        super().__init__(model, optimizer, space, train_loss, val_loss, reducer=reducer)
         self.raw_leaf: Tensor = self._raw().requires_grad_(True)
         self.params: tuple[Tensor, ...] = ()
         self.begin_window()
@@ -59,8 +69,14 @@ class ReverseEngine(Engine):
     def hypergradient(self, val: Validation, retain_graph: bool = True) -> tuple[float, Tensor]:
         """(L_val(theta_t), d L_val(theta_t)/d raw since ``begin_window``), by back-propagation."""
         loss = self.validation_objective(val, self.params)
+        value = float(self._reduce(loss.detach()))
         if self.unrolled == 0:
-            return float(loss.detach()), torch.zeros_like(self.space.raw, requires_grad=False)
+            return value, torch.zeros_like(self.space.raw, requires_grad=False)
         (h,) = torch.autograd.grad(loss, self.raw_leaf, retain_graph=retain_graph, allow_unused=True)
         h = torch.zeros_like(self.raw_leaf) if h is None else h
-        return float(loss.detach()), h.detach().to(self.space.raw.dtype)
+        return value, self._reduce(h.detach()).to(self.space.raw.dtype)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the optimizer state; the window restarts here (the unrolled graph is not saved)."""
+        super().load_state_dict(state)
+        self.begin_window()

@@ -13,6 +13,7 @@ When the fit cannot be made at all the estimator falls back to h_tau and the win
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class Glocal:
     #: options for ``glocal.koopman.extrapolate``, merged over DEFAULT_KOOPMAN
     koopman: dict[str, Any] = field(default_factory=dict)
     name: str = "glocal"
+    _warned_past_end: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_positive_int("window", self.window)
@@ -50,6 +52,12 @@ class Glocal:
         self.koopman = {**DEFAULT_KOOPMAN, **self.koopman}
 
     def estimate(self, trajectory: Tensor, window_end: int) -> WindowEstimate:
+        if window_end > self.total_steps and not self._warned_past_end:
+            self._warned_past_end = True
+            warnings.warn(f"Glocal: training ran past total_steps={self.total_steps} (window ending at step "
+                          f"{window_end}); from now on there is nothing left to extrapolate to and Glocal follows "
+                          "the window's local hypergradient, as Local does. Raise total_steps to plan further.",
+                          RuntimeWarning, stacklevel=2)
         remaining = max(0, self.total_steps - window_end)
         rows_ahead = round(remaining / self.record_every)
         result = extrapolate(trajectory, rows_ahead, **self.koopman)

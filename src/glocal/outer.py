@@ -1,9 +1,10 @@
 """Global: exact hypergradients through the whole run, one outer step per full training run.
 
-Every outer step retrains from the same initial parameters with the same batch order for
-``total_steps`` steps with phi held fixed, takes H = d L_val(theta_T)/d phi (forward mode), and
-updates phi. The final model is one more run with the final phi. Reliable and expensive: it costs
-``outer_steps + 1`` whole runs, which is what the online strategies are judged against.
+A driver above ``Tuner``: every outer step retrains from the same initial parameters with the same
+batch order for ``total_steps`` steps with phi held fixed, takes H = d L_val(theta_T)/d phi (one
+``Local`` window of ``total_steps`` steps), and updates phi. The final model is one more run with
+the final phi. Reliable and expensive: it costs ``outer_steps + 1`` whole runs, which is what the
+online strategies are judged against.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hypergrad.engine import Validation
-from ..hypergrad.functional import Batch, LossFn
-from ..optim.base import InnerOptimizer
-from ..space import HyperSpace
-from .base import check_mode, check_positive_int
-from .fixed import Fixed
-from .local import Local
+from .hypergrad.engine import Validation
+from .hypergrad.functional import Batch, LossFn
+from .optim.base import InnerOptimizer
+from .space import HyperSpace
+from .strategies.base import check_mode, check_positive_int
+from .strategies.fixed import Fixed
+from .strategies.local import Local
+from .tuner import Tuner
+
+__all__ = ["Global", "GlobalResult"]
 
 
 @dataclass
@@ -63,8 +67,6 @@ class Global:
 
         ``batches()`` must return a fresh iterator with the same batch order every call.
         """
-        from ..tuner import Tuner  # the driver sits above the Tuner
-
         check_positive_int("total_steps", total_steps)
         initial = copy.deepcopy(model.state_dict())
         rng = torch.get_rng_state()
