@@ -22,14 +22,14 @@ case "$module" in
     space)      mutate='"src/glocal/space.py"'
                 tests='"tests/test_space.py", "tests/test_space_details.py", "tests/optim", "tests/test_tuner.py"' ;;
     optim)      mutate='"src/glocal/optim/*"'
-                tests='"tests/optim", "tests/hypergrad/test_exactness.py"' ;;
+                tests='"tests/optim"' ;;
     koopman)    mutate='"src/glocal/koopman/*"'
                 tests='"tests/koopman/test_koopman_api.py", "tests/koopman/test_koopman_clipping.py",
                        "tests/koopman/test_koopman_exact.py", "tests/koopman/test_koopman_fallbacks.py",
                        "tests/koopman/test_koopman_pydmd.py", "tests/strategies/test_glocal_horizon.py"' ;;
-    strategies) mutate='"src/glocal/strategies/*"'
-                tests='"tests/strategies", "tests/test_tuner.py"' ;;
-    tuner)      mutate='"src/glocal/tuner.py"'
+    strategies) mutate='"src/glocal/strategies/*", "src/glocal/outer.py"'
+                tests='"tests/strategies/test_glocal_horizon.py", "tests/test_tuner.py", "tests/tuner"' ;;
+    tuner)      mutate='"src/glocal/tuner.py", "src/glocal/loop.py"'
                 tests='"tests/test_tuner.py", "tests/tuner", "tests/strategies/test_glocal_horizon.py"' ;;
     hypergrad)  mutate='"src/glocal/hypergrad/*"'
                 tests='"tests/hypergrad", "tests/test_tuner.py", "tests/reweighting/test_reweighting_reverse.py"' ;;

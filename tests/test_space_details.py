@@ -60,7 +60,7 @@ def test_set_scalar_vector_and_broadcast():
 
 
 def test_error_messages_name_the_problem():
-    with pytest.raises(ValueError, match=r"HyperSpace needs at least one hyperparameter, e\.g\. HyperSpace\(lr=Log"):
+    with pytest.raises(ValueError, match=r"^HyperSpace needs at least one hyperparameter, e\.g\. HyperSpace\(lr=Log"):
         glocal.HyperSpace()
     with pytest.raises(ValueError, match=r"'lr': expected a transform .*got float"):
         glocal.HyperSpace(lr=0.1)
