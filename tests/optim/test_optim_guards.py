@@ -58,3 +58,9 @@ def test_documented_defaults():
                                                "eps": 1e-8}
     assert repr(glocal.optim.AdamW()) == "AdamW(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01)"
     assert repr(glocal.optim.SGD()) == "SGD(lr=0.001, momentum=0, weight_decay=0, nesterov=False, dampening=0)"
+
+
+def test_full_dampening_is_accepted_as_by_torch():
+    """torch.optim.SGD accepts dampening = 1 (the momentum buffer then ignores new gradients after step 1)."""
+    assert glocal.optim.SGD(lr=0.1, momentum=0.9, dampening=1.0).dampening == 1.0
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9, dampening=1.0)
