@@ -29,7 +29,7 @@ import torch
 from glocal import Tuner
 from glocal.hypergrad import PlainEngine, ReverseEngine
 from glocal.strategies import Fixed
-from glocal_bench import experiment, tasks
+from glocal_bench import atomic, experiment, tasks
 from glocal_bench.experiment import Settings
 from glocal_bench.tasks.reweighting import RECOMMENDED, REWEIGHTING_TASKS
 
@@ -142,7 +142,7 @@ def run_task(name: str, seeds: list[int], outer_steps: int, strategies: tuple[st
     if name == "mnist1d-noisy" and cost:
         result["reverse_cost"] = reverse_cost()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"reweighting-{name}{tag}.json").write_text(json.dumps(result, indent=1))
+    atomic.write_text(RESULTS / f"reweighting-{name}{tag}.json", json.dumps(result, indent=1))
     return result
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from glocal_bench import search
+from glocal_bench import atomic, report, search
 from glocal_bench.cli import main as glocal_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def plot_mean_frontier(path: Path, records: list[dict[str, Any]], grid_mean: flo
     axes[0].set_xlabel("budget (plain training runs: inner steps / T)")
     axes[1].set_xlabel("wall seconds spent (2 shared CPU cores, 1 thread)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    report.save_figure(fig, path)
     plt.close(fig)
 
 
@@ -162,7 +162,7 @@ def main() -> int:
     summary["meta"] = {**data.get("meta", {}), "machine": "2-core CPU (shared with other jobs), torch "
                        f"{torch.__version__} CPU, 1 thread", "python": platform.python_version()}
     (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "benchmarks" / "results" / f"{args.name}.json").write_text(json.dumps(summary, indent=1))
+    atomic.write_text(ROOT / "benchmarks" / "results" / f"{args.name}.json", json.dumps(summary, indent=1))
     plot_mean_frontier(ROOT / "docs" / f"{args.name}_frontier.png", records, summary["grid_oracle"]["mean"])
     print(markdown(summary))
     print(json.dumps(summary["beats_plain_tpe"]), json.dumps(summary["grid_oracle"]))

@@ -90,4 +90,8 @@ def test_flags_override_task_recommended_settings():
                               "--window", "20"]))
     assert (forced.hyper_optimizer, forced.window) == ("sgd", 20)
     plain = _settings(parse(["run", "--task", "mnist1d-mlp", "--strategy", "local"]))
-    assert (plain.hyper_optimizer, plain.hyper_lr, plain.window, plain.clip_norm) == ("sgd", 1.0, 100, 1.0)
+    assert (plain.hyper_optimizer, plain.hyper_lr, plain.window, plain.clip_norm) == ("relative", 0.1, 100, None)
+    from glocal import defaults  # the CLI's defaults are the library's (one module)
+
+    assert (plain.hyper_optimizer, plain.hyper_lr, plain.window, plain.clip_norm, plain.max_ratio) == (
+        defaults.HYPER_OPTIMIZER, defaults.HYPER_LR, defaults.WINDOW, defaults.CLIP_NORM, defaults.MAX_RATIO)

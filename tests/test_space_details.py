@@ -73,7 +73,7 @@ def test_error_messages_name_the_problem():
     with pytest.raises(ValueError, match=r"'x'=inf is not finite; expected any finite real number"):
         glocal.HyperSpace(x=glocal.Identity(math.inf))
     space = glocal.HyperSpace(lr=glocal.Log(0.1), momentum=glocal.Logit(0.5))
-    with pytest.raises(ValueError, match=r"raw: expected shape \(2,\), got \(3,\)"):
+    with pytest.raises(ValueError, match=r"space state 'raw': expected shape \(2,\), got \(3,\)"):
         space.load_state_dict({"raw": torch.zeros(3)})
 
 

@@ -196,7 +196,7 @@ class _Reckless:
 
 def test_divergence_is_detected_and_never_corrupts_model_or_hyperparameters():
     model, batches, val = make_problem()
-    space = glocal.HyperSpace(lr=glocal.Log(0.05))
+    space = glocal.HyperSpace(lr=glocal.Log(0.05, high=1e30))  # bounds wide enough to let it diverge
     tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy, _Reckless(),
                          torch.optim.SGD([space.raw], lr=1.0), val=val, clip_norm=None)
     tuner.step(batches[0])
@@ -239,14 +239,14 @@ def test_divergence_after_resume_restores_the_model_like_an_uninterrupted_run():
     """The divergence snapshot is part of the checkpoint: a resumed run reverts phi AND the model."""
     def run(resume_at):
         model, batches, val = make_problem()
-        space = glocal.HyperSpace(lr=glocal.Log(0.05))
+        space = glocal.HyperSpace(lr=glocal.Log(0.05, high=1e30))
         tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy, _Reckless(),
                              torch.optim.SGD([space.raw], lr=1.0), val=val, clip_norm=None)
         for i in range(5):
             if i == resume_at:
                 checkpoint = copy.deepcopy(tuner.state_dict())
                 model, _, _ = make_problem(seed=7)
-                space = glocal.HyperSpace(lr=glocal.Log(0.3))
+                space = glocal.HyperSpace(lr=glocal.Log(0.3, high=1e30))
                 tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy,
                                      _Reckless(), torch.optim.SGD([space.raw], lr=1.0), val=val, clip_norm=None)
                 tuner.load_state_dict(checkpoint)
@@ -259,3 +259,113 @@ def test_divergence_after_resume_restores_the_model_like_an_uninterrupted_run():
     assert tuner.space.to_dict()["lr"] == pytest.approx(0.05)
     for k, v in expected_model.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
+
+
+# -- reliability: bounds, faults before the first update, validated loading ---------------------------
+def test_an_absurd_hyper_learning_rate_stops_at_the_bounds_and_says_so():
+    """SGD on phi at lr 1e6: lr would collapse to 0 or blow up to 1e30; the bounds hold it, reported."""
+    model, batches, val = make_problem()
+    space = glocal.HyperSpace(lr=glocal.Log(0.05), momentum=glocal.Logit(0.5))
+    tuner = glocal.Tuner(model, glocal.optim.SGD(momentum=0.5), space, F.cross_entropy, F.cross_entropy,
+                         glocal.Local(window=3), torch.optim.SGD([space.raw], lr=1e6), val=val)
+    for i in range(30):
+        tuner.step(batches[i % len(batches)])
+    low, high = space.bounds_of("lr")
+    assert low <= space.to_dict()["lr"] <= high
+    hits = [w["at_bound"] for w in tuner.history.windows if "at_bound" in w]
+    assert hits and tuner.bound_hits == len(hits)
+    assert all(set(h) <= {"lr", "momentum"} and set(h.values()) <= {"low", "high"} for h in hits)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("strategy", [glocal.Fixed(), glocal.Local(window=10)])
+def test_non_finite_parameters_before_the_first_update_return_to_the_last_finite_state(strategy):
+    """A real fault: NaN written into the weights (e.g. by a hook) before any phi update."""
+    model, batches, val = make_problem()
+    space = glocal.HyperSpace(lr=glocal.Log(0.05))
+    tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy, strategy, val=val)
+    start = copy.deepcopy(model.state_dict())
+    for i in range(3):
+        tuner.step(batches[i])
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    record = tuner.step(batches[3])
+    assert record.get("skipped") and record.get("restored") and tuner.restored_faults == 1
+    for k, v in model.state_dict().items():  # the last finite state: the start (no update yet)
+        torch.testing.assert_close(v, start[k], rtol=0, atol=0)
+    for i in range(4, 40):
+        tuner.step(batches[i % len(batches)])
+    assert tuner.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    if strategy.window:
+        assert any(not w["skipped"] for w in tuner.history.windows)  # and phi is tuned again
+
+
+def test_parameters_that_are_never_finite_stop_with_a_clear_error():
+    model, batches, val = make_problem()
+    with torch.no_grad():
+        model[3].bias[1] = float("inf")
+    space = glocal.HyperSpace(lr=glocal.Log(0.05))
+    tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy,
+                         glocal.Local(window=5), val=val)
+    with pytest.raises(FloatingPointError, match="not finite before the first step"):
+        tuner.step(batches[0])
+
+
+def _everything(tuner):
+    return {"model": copy.deepcopy(tuner.model.state_dict()), "raw": tuner.space.raw.detach().clone(),
+            "steps": tuner.step_count, "engine": tuner.engine.state_dict(),
+            "hyper": copy.deepcopy(tuner.hyper_optimizer.state_dict()), "history": tuner.history.state_dict()}
+
+
+def _assert_same(a, b):
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    torch.testing.assert_close(a["raw"], b["raw"], rtol=0, atol=0)
+    assert a["steps"] == b["steps"] and a["history"] == b["history"]
+    for x, y in zip(a["engine"]["inner_state"], b["engine"]["inner_state"], strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def _corrupt(name, state):
+    state = copy.deepcopy(state)
+    if name == "model of another shape":
+        state["model"]["3.weight"] = torch.zeros(4, 12)
+    elif name == "model with a missing key":
+        del state["model"]["3.bias"]
+    elif name == "nan in phi":
+        state["space"]["raw"][0] = float("nan")
+    elif name == "phi of another space":
+        state["space"]["raw"] = torch.zeros(3)
+    elif name == "inner state of another optimizer":
+        state["engine"]["inner_state"] = state["engine"]["inner_state"][:1]
+    elif name == "tangents of another shape":
+        state["engine"]["tangent_params"][0] = torch.zeros(1)
+    elif name == "buffer of another shape":
+        state["buffer"] = [torch.zeros(5)]
+    elif name == "missing history":
+        del state["history"]
+    elif name == "bad rng":
+        state["rng"] = torch.zeros(3)
+    return state
+
+
+@pytest.mark.parametrize("name", ["model of another shape", "model with a missing key", "nan in phi",
+                                  "phi of another space", "inner state of another optimizer",
+                                  "tangents of another shape", "buffer of another shape", "missing history",
+                                  "bad rng"])
+def test_load_state_dict_checks_everything_before_changing_anything(name):
+    model, batches, val = make_problem()
+    tuner = make_tuner(model, glocal.Local(window=4), val)
+    for i in range(6):
+        tuner.step(batches[i])
+    checkpoint = tuner.state_dict()
+    other_model, _, _ = make_problem(seed=5)
+    other = make_tuner(other_model, glocal.Local(window=4), val)
+    other.step(batches[0])
+    before = _everything(other)
+    with pytest.raises(ValueError, match="state"):
+        other.load_state_dict(_corrupt(name, checkpoint))
+    _assert_same(before, _everything(other))
+    other.load_state_dict(checkpoint)  # the intact checkpoint still loads
+    _assert_same(_everything(tuner), _everything(other))

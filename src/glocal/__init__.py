@@ -3,8 +3,9 @@
 The public namespace is curated: what is imported here is the supported API.
 """
 
-from . import koopman, optim
+from . import defaults, koopman, optim
 from .hypergrad import hypergradient
+from .hyperopt import RelativeSGD
 from .outer import Global
 from .space import HyperSpace, Identity, Log, Logit
 from .strategies import Fixed, Glocal, Local
@@ -24,7 +25,9 @@ __all__ = [
     "Local",
     "Log",
     "Logit",
+    "RelativeSGD",
     "Tuner",
+    "defaults",
     "hypergradient",
     "koopman",
     "optim",

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from . import defaults
 from .hypergrad.engine import Engine, Validation
+from .records import Listener, emit, revert_record, step_record, val_record, window_record
 from .space import HyperSpace
 from .strategies.base import Strategy, WindowEstimate
 
@@ -43,6 +46,30 @@ class History:
         self.__dict__.update(copy.deepcopy(state))
 
 
+def check_like(expected: Any, given: Any, where: str) -> None:
+    """``given`` must have the structure of ``expected``: the same dict keys where both have them, the
+    same list lengths, tensors of the same shape and dtype (None on either side is accepted)."""
+    if expected is None or given is None:
+        return
+    if isinstance(expected, Tensor):
+        if not isinstance(given, Tensor) or given.shape != expected.shape or given.dtype != expected.dtype:
+            got = (f"shape {tuple(given.shape)}, {given.dtype}" if isinstance(given, Tensor)
+                   else type(given).__name__)
+            raise ValueError(f"{where}: expected a tensor of shape {tuple(expected.shape)}, {expected.dtype}; "
+                             f"got {got}")
+    elif isinstance(expected, dict):
+        if not isinstance(given, dict):
+            raise ValueError(f"{where}: expected a dict, got {type(given).__name__}")
+        for key in expected.keys() & given.keys():
+            check_like(expected[key], given[key], f"{where}[{key!r}]")
+    elif isinstance(expected, list | tuple):
+        if not isinstance(given, list | tuple) or len(given) != len(expected):
+            raise ValueError(f"{where}: expected {len(expected)} entries, got "
+                             f"{len(given) if isinstance(given, list | tuple) else type(given).__name__}")
+        for i, (e, g) in enumerate(zip(expected, given, strict=True)):
+            check_like(e, g, f"{where}[{i}]")
+
+
 def check_strategy(strategy: object) -> Strategy:
     for name in ("window", "record_every", "mode", "estimate"):
         if not hasattr(strategy, name):
@@ -60,9 +87,10 @@ class OnlineLoop:
         strategy: Strategy,
         hyper_optimizer: torch.optim.Optimizer | None = None,
         *,
-        clip_norm: float | None = 1.0,
+        clip_norm: float | None = defaults.CLIP_NORM,
         divergence_factor: float | None = 100.0,
-        hyper_lr: float = 0.1,
+        hyper_lr: float = defaults.HYPER_LR,
+        listeners: Sequence[Listener] = (),
     ) -> None:
         if divergence_factor is not None and not (divergence_factor > 1 and math.isfinite(divergence_factor)):
             raise ValueError(f"divergence_factor={divergence_factor!r}: expected a finite number > 1, or None")
@@ -75,11 +103,13 @@ class OnlineLoop:
         self.divergence_factor = divergence_factor
         if strategy.window > 0:
             if hyper_optimizer is None:
-                hyper_optimizer = torch.optim.SGD([space.raw], lr=hyper_lr)
+                hyper_optimizer = defaults.hyper_optimizer(space.raw, lr=hyper_lr)
             if not any(p is space.raw for g in hyper_optimizer.param_groups for p in g["params"]):
                 raise ValueError("hyper_optimizer: it must optimize space.raw, e.g. torch.optim.Adam([space.raw])")
         self.hyper_optimizer = hyper_optimizer
         self.history = History()
+        #: called with a ``glocal.records.Record`` per step, record point and window (any logger)
+        self.listeners: list[Listener] = list(listeners)
         self.step_count = 0
         self.steps_in_window = 0
         self.buffer: list[Tensor] = []
@@ -90,6 +120,11 @@ class OnlineLoop:
         self.divergences = 0
         self._reference_loss: float | None = None
         self._raw_before_update: Tensor | None = None
+        #: window updates stopped at a hyperparameter's bound (the window's ``at_bound`` says which)
+        self.bound_hits = 0
+        #: times the model's parameters were found non-finite and returned to the last finite state
+        self.restored_faults = 0
+        self._started = False
 
     @property
     def hparams(self) -> dict[str, float | list[float]]:
@@ -110,6 +145,8 @@ class OnlineLoop:
         window = self.strategy.window
         if window > 0 and val is None:
             raise ValueError("val_batch: required (or pass val= to Tuner) when the strategy tunes")
+        if not self._started:
+            self._start()
         if window > 0 and self.steps_in_window == 0:
             self.engine.begin_window()
             self.buffer = [torch.zeros_like(self.space.raw, requires_grad=False)]
@@ -120,14 +157,19 @@ class OnlineLoop:
         record: dict[str, Any] = {"step": self.step_count, "train_loss": train_loss, "updated": False}
         if self.engine.skipped_steps > skipped_before:
             record["skipped"] = True
+            emit(self.listeners, step_record(self.step_count, train_loss, skipped=True))
             if window > 0:
                 self._recover()
+            if not self.engine.parameters_finite():
+                self._restore_finite(record)
             return record
         if window > 0 and self._diverged(train_loss):
             record["diverged"] = True
             self.divergences += 1
+            emit(self.listeners, step_record(self.step_count, train_loss, diverged=True))
             self._recover()
             return record
+        emit(self.listeners, step_record(self.step_count, train_loss))
         if window == 0:
             return record
         self.steps_in_window += 1
@@ -137,8 +179,10 @@ class OnlineLoop:
             self.history.val_steps.append(self.step_count)
             self.history.val_loss.append(val_loss)
             record["val_loss"] = val_loss
+            emit(self.listeners, val_record(self.step_count, val_loss))
         if self.steps_in_window == window:
             record["updated"] = self._end_window()
+            emit(self.listeners, window_record(self.step_count, self.space, self.history.windows[-1]))
         return record
 
     def _diverged(self, train_loss: float) -> bool:
@@ -150,6 +194,27 @@ class OnlineLoop:
             return False
         return not math.isfinite(train_loss) or abs(train_loss) > self.divergence_factor * max(
             abs(self._reference_loss), 1e-12)
+
+    def _start(self) -> None:
+        """Before the first step: the parameters must be finite, and become the first point to return to."""
+        if not self.engine.parameters_finite():
+            raise FloatingPointError("the model's parameters are not finite before the first step: there is no "
+                                     "finite state to train from (check the initialisation or the loaded weights)")
+        self.engine.snapshot()
+        self._started = True
+
+    def _restore_finite(self, record: dict[str, Any]) -> None:
+        """The parameters became non-finite (not by a step: those are never applied, so from outside,
+        e.g. a hook or a write into the weights): return to the last finite state, or stop."""
+        if not self.engine.restore():
+            raise FloatingPointError(
+                f"the model's parameters are not finite at step {self.step_count} and there is no finite state "
+                "to return to")
+        self.engine.snapshot()  # the same state stays the point to return to
+        self.steps_in_window = 0
+        self.buffer = []
+        self.restored_faults += 1
+        record["restored"] = True
 
     def _recover(self) -> None:
         """After a non-finite or divergent step: undo the last hyperparameter update (once), restart the window.
@@ -163,9 +228,11 @@ class OnlineLoop:
                 self.space.raw.copy_(self._raw_before_update)
             self._raw_before_update = None
             self.engine.restore()
+            self.engine.snapshot()  # the restored state stays the point to return to
             self.reverted_updates += 1
             if self.history.windows:
                 self.history.windows[-1]["reverted"] = True
+            emit(self.listeners, revert_record(self.step_count))
         self.steps_in_window = 0
         self.buffer = []
 
@@ -192,6 +259,7 @@ class OnlineLoop:
             self.skipped_updates += 1
             entry.update(skipped=True, hparams=self.space.to_dict())
             self.history.windows.append(entry)
+            self._check_ranks_agree()
             return False
         norm = float(hypergradient.norm())
         if self.clip_norm is not None and norm > self.clip_norm:
@@ -201,6 +269,9 @@ class OnlineLoop:
             raise RuntimeError("a tuning strategy needs a hyper_optimizer")
         self.hyper_optimizer.zero_grad(set_to_none=True)
         self.space.raw.grad = hypergradient.clone()
+        set_reference = getattr(self.hyper_optimizer, "set_reference", None)
+        if callable(set_reference):  # scale-free outer steps measure phi in units of the local hypergradient
+            set_reference(self.space.raw, trajectory[-1].to(hypergradient))
         self.hyper_optimizer.step()
         if not torch.isfinite(self.space.raw).all():  # never corrupt phi
             with torch.no_grad():
@@ -208,12 +279,28 @@ class OnlineLoop:
             self.skipped_updates += 1
             entry["skipped"] = True
         else:
+            hit = self.space.clamp_()  # bounded hyperparameters: project back, and say so
+            if hit:
+                entry["at_bound"] = hit
+                self.bound_hits += 1
             entry["skipped"] = False
             self._raw_before_update = previous
             self.engine.snapshot()
         entry.update(used=hypergradient.tolist(), norm=norm, hparams=self.space.to_dict())
         self.history.windows.append(entry)
+        self._check_ranks_agree()
         return not entry["skipped"]
+
+    def _agreement_params(self) -> list[Tensor]:
+        """The parameters whose fingerprint the per-window agreement check compares (the engine's
+        ``params`` where it has them; ``Tuner`` gives the model's)."""
+        return list(getattr(self.engine, "params", None) or [])
+
+    def _check_ranks_agree(self) -> None:
+        """Data-parallel: phi and the parameters must be bitwise equal on every rank (a clear error if not)."""
+        check = getattr(self.engine.reducer, "check_agree", None)
+        if check is not None:
+            check(self.space.raw, self._agreement_params())
 
     # -- checkpointing -----------------------------------------------------------------------
     def loop_state_dict(self) -> dict[str, Any]:
@@ -231,6 +318,8 @@ class OnlineLoop:
             "fallbacks": self.fallbacks,
             "reverted_updates": self.reverted_updates,
             "divergences": self.divergences,
+            "bound_hits": self.bound_hits,
+            "restored_faults": self.restored_faults,
             "reference_loss": self._reference_loss,
             "raw_before_update": None if self._raw_before_update is None else self._raw_before_update.clone(),
             "history": self.history.state_dict(),
@@ -239,7 +328,40 @@ class OnlineLoop:
             state["hyper_optimizer"] = copy.deepcopy(self.hyper_optimizer.state_dict())
         return state
 
+    def check_loop_state_dict(self, state: Any) -> None:
+        """Raise ValueError (naming the entry) unless ``state`` fits this loop; changes nothing."""
+        if not isinstance(state, dict):
+            raise ValueError(f"state: expected a dict from state_dict(), got {type(state).__name__}")
+        required = ("engine", "space", "step_count", "steps_in_window", "buffer", "skipped_updates", "fallbacks",
+                    "reverted_updates", "divergences", "reference_loss", "raw_before_update", "history")
+        missing = [k for k in required if k not in state]
+        if missing:
+            raise ValueError(f"state: missing {', '.join(missing)} (not a state_dict() of this kind of loop)")
+        check_like(self.engine.state_dict(), state["engine"], "state['engine']")
+        self.space.check_state_dict(state["space"])
+        for key in ("step_count", "steps_in_window", "skipped_updates", "fallbacks", "reverted_updates",
+                    "divergences"):
+            if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
+                raise ValueError(f"state[{key!r}]={state[key]!r}: expected an integer >= 0")
+        if self.strategy.window > 0 and state["steps_in_window"] >= self.strategy.window:
+            raise ValueError(f"state['steps_in_window']={state['steps_in_window']}: expected < the window "
+                             f"({self.strategy.window})")
+        for i, b in enumerate([*state["buffer"], *([] if state["raw_before_update"] is None
+                                                   else [state["raw_before_update"]])]):
+            if not isinstance(b, Tensor) or b.shape != self.space.raw.shape:
+                raise ValueError(f"state: buffer/raw_before_update entry {i}: expected a tensor of shape "
+                                 f"{tuple(self.space.raw.shape)}")
+        if not isinstance(state["history"], dict) or set(state["history"]) != set(History().__dict__):
+            raise ValueError(f"state['history']: expected the keys {sorted(History().__dict__)}")
+        if self.hyper_optimizer is not None and "hyper_optimizer" in state:
+            hyper = state["hyper_optimizer"]
+            groups = hyper.get("param_groups") if isinstance(hyper, dict) else None
+            if not isinstance(groups, list) or len(groups) != len(self.hyper_optimizer.param_groups):
+                raise ValueError("state['hyper_optimizer']: its parameter groups do not match this hyper_optimizer")
+
     def load_loop_state_dict(self, state: dict[str, Any]) -> None:
+        """Load ``loop_state_dict()`` output; it is checked first, so a bad state changes nothing."""
+        self.check_loop_state_dict(state)
         self.engine.load_state_dict(state["engine"])
         self.space.load_state_dict(state["space"])
         self.step_count = state["step_count"]
@@ -249,6 +371,9 @@ class OnlineLoop:
         self.fallbacks = state["fallbacks"]
         self.reverted_updates = state["reverted_updates"]
         self.divergences = state["divergences"]
+        self.bound_hits = state.get("bound_hits", 0)
+        self.restored_faults = state.get("restored_faults", 0)
+        self._started = True
         self._reference_loss = state["reference_loss"]
         before = state["raw_before_update"]
         self._raw_before_update = None if before is None else before.clone()

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import defaults
 from .hypergrad.engine import Validation
 from .hypergrad.functional import Batch, LossFn
 from .optim.base import InnerOptimizer
@@ -40,7 +41,7 @@ class GlobalResult:
 
 @dataclass
 class Global:
-    outer_steps: int = 5
+    outer_steps: int = defaults.OUTER_STEPS
     mode: str = "forward"
     name: str = "global"
 
@@ -59,7 +60,7 @@ class Global:
         total_steps: int,
         val: Validation,
         hyper_optimizer: torch.optim.Optimizer | None = None,
-        clip_norm: float | None = 1.0,
+        clip_norm: float | None = defaults.CLIP_NORM,
         on_step: Callable[[int, dict[str, Any]], None] | None = None,
         compile: bool = False,
     ) -> GlobalResult:
@@ -70,7 +71,7 @@ class Global:
         check_positive_int("total_steps", total_steps)
         initial = copy.deepcopy(model.state_dict())
         rng = torch.get_rng_state()
-        hyper_optimizer = hyper_optimizer or torch.optim.SGD([space.raw], lr=0.1)
+        hyper_optimizer = hyper_optimizer or defaults.hyper_optimizer(space.raw)
         result = GlobalResult()
         for outer in range(self.outer_steps + 1):
             final_run = outer == self.outer_steps

@@ -24,6 +24,15 @@ the tuned value at each of its steps.
 
 Forward mode only: reverse mode would need the graph of every step of a window, which a loop that
 calls ``zero_grad`` every step does not keep.
+
+Mixed precision: run the forward (and ``val_closure``) under ``torch.autocast(..., dtype=torch.bfloat16)``
+as usual; ``step()`` propagates tangents and takes hypergradients with autocast off, in the
+parameters' dtype, and calls ``val_closure`` under the autocast it was itself called in. float16
+is refused (``glocal.amp``), also through ``torch.amp.GradScaler.step``.
+
+Data-parallel (``torchrun``, see ``glocal.distributed``): with an initialised default process group
+every rank's ``.grad`` (and its graph's tangents), the closure's loss, the validation loss and h are
+averaged over the ranks before they are used, so every rank applies the same update.
 """
 
 from __future__ import annotations
@@ -34,11 +43,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from . import defaults
+from .amp import FLOAT16_REFUSED, full_precision, under_autocast
+from .distributed import resolve_reducer
 from .hypergrad.params_engine import ParamEngine
 from .loop import OnlineLoop
 from .optim.adamw import AdamW
 from .optim.base import InnerOptimizer
 from .optim.sgd import SGD
+from .records import Listener
 from .space import HyperSpace, Log, Logit, Transform
 from .strategies import Fixed, Glocal, Local
 from .strategies.base import Strategy
@@ -53,6 +66,8 @@ _IN_PARAM_STATE = ("inner_state", "tangent_params", "tangent_state")
 class _GlocalOptimizer(torch.optim.Optimizer):
     """Shared machinery of the drop-in optimizers (subclasses fix the inner optimizer and the names)."""
 
+    #: GradScaler.step then passes itself as ``grad_scaler`` rather than unscaling .grad in place
+    _step_supports_amp_scaling = True
     #: tunable name -> its transform (positive: Log, in (0, 1): Logit)
     _TUNABLE: ClassVar[dict[str, type[Transform]]] = {}
     #: per-parameter state names of the inner optimizer, in the order of its state tuple
@@ -75,6 +90,7 @@ class _GlocalOptimizer(torch.optim.Optimizer):
         divergence_factor: float | None,
         koopman: Mapping[str, Any] | None,
         model: nn.Module | None,
+        reducer: Any = "auto",
     ) -> None:
         super().__init__(params, defaults)
         if isinstance(tune, str):
@@ -90,9 +106,6 @@ class _GlocalOptimizer(torch.optim.Optimizer):
         self.strategy = _make_strategy(strategy, window, total_steps, record_every, koopman)
         if self.strategy.window > 0 and not self.tuned:
             raise ValueError(f"tune: name at least one of {', '.join(self._TUNABLE)} for strategy={strategy!r}")
-        if self.strategy.window > 0 and val_closure is None:
-            raise ValueError(f"val_closure: required for strategy={strategy!r} (a callable returning the validation "
-                             "loss, e.g. lambda: F.cross_entropy(model(x_val), y_val))")
         if val_closure is not None and not callable(val_closure):
             raise TypeError(f"val_closure: expected a callable returning a loss tensor, "
                             f"got {type(val_closure).__name__}")
@@ -118,8 +131,14 @@ class _GlocalOptimizer(torch.optim.Optimizer):
         inner = self._inner(self.param_groups)
         space = self.space if self.space is not None else HyperSpace(
             dtype=trainable[0].dtype, device=trainable[0].device, _unused=Log(1.0))
+        reducer = resolve_reducer(reducer)
+        if hasattr(reducer, "sync_start"):  # every rank starts from rank 0's parameters, buffers and phi
+            reducer.broadcast_(trainable, "parameters")
+            if model is not None:
+                reducer.broadcast_(list(model.buffers()), "model buffers")
+            reducer.sync_start(None, space.raw)
         self.engine = ParamEngine(trainable, groups, inner, space, {n: n for n in self.tuned},
-                                  tuned=self.strategy.window > 0, model=model)
+                                  tuned=self.strategy.window > 0, model=model, reducer=reducer)
         self.loop = OnlineLoop(
             self.engine, space, self.strategy,
             hyper_optimizer([space.raw]) if hyper_optimizer is not None and self.strategy.window > 0 else None,
@@ -201,22 +220,39 @@ class _GlocalOptimizer(torch.optim.Optimizer):
 
     # -- the step ---------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], Tensor] | None = None, *,  # type: ignore[override]
+             grad_scaler: Any = None) -> Tensor | None:
         """One training step from the parameters' ``.grad``; at record points and window ends also
         validate (``val_closure``) and update the tuned hyperparameters. ``closure`` (optional, as in
-        torch.optim) recomputes the loss and calls ``backward(create_graph=True)``."""
+        torch.optim) recomputes the loss and calls ``backward(create_graph=True)``. ``grad_scaler``
+        is how ``torch.amp.GradScaler.step`` announces float16 loss scaling: refused."""
+        if grad_scaler is not None:
+            raise ValueError(f"{type(self).__name__}: torch.amp.GradScaler: {FLOAT16_REFUSED}")
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.val_closure is None and self.strategy.window > 0:
+            raise ValueError(f"val_closure: required for strategy={self.strategy.name!r} (a callable returning the "
+                             "validation loss, e.g. lambda: F.cross_entropy(model(x_val), y_val)); pass it to the "
+                             "constructor or set opt.val_closure before the first step (the Lightning and "
+                             "transformers integrations set it)")
         self._adopt_group_values()
-        with torch.enable_grad():
-            self.last_record = self.loop.run_step(None if loss is None else float(loss.detach()), self.val_closure)
+        device_type = self.engine.device.type
+        with full_precision(device_type) as ambient, torch.enable_grad():  # the tangents in full precision
+            val = None if self.val_closure is None else under_autocast(self.val_closure, device_type, ambient)
+            self.last_record = self.loop.run_step(None if loss is None else float(loss.detach()), val)
         self._write_back()
         self._expose_state()
         return loss
 
     # -- reading ----------------------------------------------------------------------------
+    @property
+    def listeners(self) -> list[Listener]:
+        """Functions called with a ``glocal.records.Record`` per step, record point and window
+        (append a logger, e.g. ``glocal.integrations.tensorboard.TensorBoardListener``)."""
+        return self.loop.listeners
+
     @property
     def history(self):
         """Per step training losses (NaN unless a closure gave them), records and windows (see ``Tuner``)."""
@@ -241,6 +277,16 @@ class _GlocalOptimizer(torch.optim.Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from ``state_dict()`` output; a state that does not fit raises and changes nothing
+        (the loop's part is checked before loading; if a later check fails, the previous state returns)."""
+        backup = self.state_dict()
+        try:
+            self._load(state_dict)
+        except BaseException:
+            self._load(backup)
+            raise
+
+    def _load(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         extra = state_dict.pop("glocal", None)
         super().load_state_dict(state_dict)
@@ -285,7 +331,10 @@ class GlocalSGD(_GlocalOptimizer):
     its range: > 0 for lr and weight_decay, in (0, 1) for momentum and dampening). ``strategy``:
     "glocal" (needs ``total_steps``), "local" or "fixed". ``val_closure``: returns the validation
     loss (with ``model=`` given it runs in eval mode). ``hyper_optimizer``: a factory
-    ``lambda params: torch.optim.Adam(params, lr=...)``; default SGD with ``hyper_lr``.
+    ``lambda params: torch.optim.Adam(params, lr=...)``; default ``glocal.defaults.hyper_optimizer`` with ``hyper_lr``.
+    ``reducer``: data-parallel under ``torchrun`` as in ``glocal.Tuner`` ("auto": averaged over the
+    ranks of an initialised default process group; each rank computes its gradient on its shard, and
+    ``val_closure`` on its shard of the validation set; do not also wrap the model in DDP).
     """
 
     _TUNABLE: ClassVar[dict[str, type[Transform]]] = {"lr": Log, "momentum": Logit, "weight_decay": Log,
@@ -307,12 +356,13 @@ class GlocalSGD(_GlocalOptimizer):
         total_steps: int | None = None,
         val_closure: Callable[[], Tensor] | None = None,
         record_every: int | None = None,
-        hyper_lr: float = 0.1,
+        hyper_lr: float = defaults.HYPER_LR,
         hyper_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer] | None = None,
-        clip_norm: float | None = 1.0,
+        clip_norm: float | None = defaults.CLIP_NORM,
         divergence_factor: float | None = 100.0,
         koopman: Mapping[str, Any] | None = None,
         model: nn.Module | None = None,
+        reducer: Any = "auto",
     ) -> None:
         SGD(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, dampening=dampening)  # checks
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
@@ -320,7 +370,7 @@ class GlocalSGD(_GlocalOptimizer):
         super().__init__(params, defaults, tune=tune, strategy=strategy, window=window, total_steps=total_steps,
                          val_closure=val_closure, record_every=record_every, hyper_lr=hyper_lr,
                          hyper_optimizer=hyper_optimizer, clip_norm=clip_norm, divergence_factor=divergence_factor,
-                         koopman=koopman, model=model)
+                         koopman=koopman, model=model, reducer=reducer)
 
     def _check_groups(self) -> None:
         if len({bool(g["nesterov"]) for g in self.param_groups}) != 1:
@@ -358,19 +408,20 @@ class GlocalAdamW(_GlocalOptimizer):
         total_steps: int | None = None,
         val_closure: Callable[[], Tensor] | None = None,
         record_every: int | None = None,
-        hyper_lr: float = 0.1,
+        hyper_lr: float = defaults.HYPER_LR,
         hyper_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer] | None = None,
-        clip_norm: float | None = 1.0,
+        clip_norm: float | None = defaults.CLIP_NORM,
         divergence_factor: float | None = 100.0,
         koopman: Mapping[str, Any] | None = None,
         model: nn.Module | None = None,
+        reducer: Any = "auto",
     ) -> None:
         AdamW(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)  # checks the values
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults, tune=tune, strategy=strategy, window=window, total_steps=total_steps,
                          val_closure=val_closure, record_every=record_every, hyper_lr=hyper_lr,
                          hyper_optimizer=hyper_optimizer, clip_norm=clip_norm, divergence_factor=divergence_factor,
-                         koopman=koopman, model=model)
+                         koopman=koopman, model=model, reducer=reducer)
 
     @staticmethod
     def _read(group: dict[str, Any], name: str) -> float:

@@ -4,7 +4,7 @@ For windows starting at several points t_k of a training run with the hyperparam
 fixed, the tangents are reset at t_k and carried to the end of the run T, recording
 h_j = d L_val(theta_{t_k + j}) / d raw every ``record_every`` steps. The last row is the TRUE
 global hypergradient from t_k; the mean of the rows in the last ``average_last`` steps is the
-time-averaged target (DESIGN section 8: the single-step target is noisy under minibatches).
+time-averaged target (under minibatches the single-step target is noisy).
 Every window length tau uses the first tau / record_every + 1 rows of the same pass, so one
 forward pass per start serves all window lengths. Each estimator variant sees only its window.
 """
@@ -63,6 +63,24 @@ VARIANTS: dict[str, Variant] = {
     "affine-cap100": _capped(lambda k, tau: 100.0, fallback="never"),
     "affine-cap100+weighted": _capped(lambda k, tau: 100.0, fallback="weighted"),
 }
+
+def _guarded(max_ratio: float, **options: Any) -> Variant:
+    """A Koopman variant followed by Glocal's per-coordinate guard against the local value."""
+    from glocal.strategies.glocal import guard
+
+    def estimate(window: Tensor, rows_ahead: int, record_every: int, tau: int) -> tuple[Tensor, bool]:
+        result = extrapolate(window, rows_ahead, **options)
+        if result.fell_back:
+            return result.value, True
+        return guard(result.value, window[-1], max_ratio)[0], False
+
+    return estimate
+
+
+VARIANTS["affine+weighted+guard3"] = _guarded(3.0, model="affine", fallback="weighted")
+
+#: records keep per-coordinate estimate, truth and local values up to this many hyperparameters
+PER_COORDINATE_LIMIT = 16
 
 #: the variant the Glocal strategy uses by default (chosen from these measurements, docs/benchmarks.md)
 DEFAULT_VARIANT = "affine+weighted"
@@ -179,6 +197,9 @@ def measure(task_name: str, config: BenchConfig, variants: Sequence[str] | None 
                     "cosine_avg": _cosine(value, truth_avg), "relative_error_avg": _relative_error(value, truth_avg),
                     "local_truth_gap": _relative_error(window[-1], truth),
                 })
+                if len(truth) <= PER_COORDINATE_LIMIT:  # per-coordinate values for the sign/magnitude diagnosis
+                    records[-1].update(estimate=value.tolist(), truth=truth.tolist(), truth_avg=truth_avg.tolist(),
+                                       local=window[-1].tolist())
     return records
 
 

@@ -1,47 +1,66 @@
-"""A dependency-free progress bar on stderr (redrawn in place on a terminal, sparse lines otherwise)."""
+"""Progress bars on stderr (tqdm), with the tuned hyperparameters shown beside the bar.
+
+The time estimate is tqdm's exponential moving average of the step rate (smoothing 0.3), timed
+from the end of the first step on: the setup before it (building the task) and the first step
+(a ``torch.compile`` warm-up) are not the training rate, and a slow early step stops dominating
+the estimate after a few redraws, where an elapsed / done estimate would stay inflated for a large
+part of the run. Before a rate is known the estimate is "?", not a made-up number; the elapsed
+time shown counts from the end of the first step. On a terminal the bar redraws at most 5 times a
+second; otherwise (a log file) at most every ``LOG_INTERVAL`` seconds.
+"""
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import TextIO
+
+from tqdm import tqdm
+
+from glocal.records import Record
+
+#: seconds between redraws when stderr is not a terminal (log files stay short)
+LOG_INTERVAL = 10.0
 
 
 class ProgressBar:
-    def __init__(self, total: int, label: str, stream: TextIO | None = None, enabled: bool = True) -> None:
-        self.total = max(1, total)
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.done = 0
-        self.started = time.perf_counter()
-        self.tty = self.stream.isatty()
-        self._last_draw = 0.0
-        self._last_percent = -1
+    """``bar(n)`` advances by n steps; ``bar.show(record)`` puts a window's hyperparameters beside it."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None, enabled: bool = True,
+                 mininterval: float | None = None) -> None:
+        stream = stream or sys.stderr
+        tty = bool(getattr(stream, "isatty", lambda: False)())
+        if mininterval is None:
+            mininterval = 0.2 if tty else LOG_INTERVAL
+        self.bar = tqdm(total=max(1, total), desc=label, file=stream, disable=not enabled, unit="step",
+                        mininterval=mininterval, smoothing=0.3, dynamic_ncols=tty, ascii=not tty, leave=True)
+        self._started = False
 
     def __call__(self, increment: int = 1) -> None:
-        self.done += increment
-        if not self.enabled:
+        if not self._started:  # the clock starts after the first step: setup (and a first step that
+            self._started = True  # compiles or warms up) is not the training rate
+            self.bar.reset(total=self.bar.total)
+            self.bar.n = self.bar.last_print_n = self.bar.initial = increment  # counted, not timed
+            self.bar.refresh()
             return
-        now = time.perf_counter()
-        percent = int(100 * self.done / self.total)
-        if self.tty and (now - self._last_draw > 0.2 or self.done >= self.total):
-            self._draw(now, "\r", "")
-        elif not self.tty and percent // 25 > self._last_percent // 25:
-            self._draw(now, "", "\n")
-        self._last_percent = percent
+        self.bar.update(increment)
 
-    def _draw(self, now: float, prefix: str, suffix: str) -> None:
-        self._last_draw = now
-        fraction = min(1.0, self.done / self.total)
-        elapsed = now - self.started
-        eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
-        bar = "#" * int(30 * fraction) + "-" * (30 - int(30 * fraction))
-        self.stream.write(f"{prefix}{self.label:<24} [{bar}] {100 * fraction:5.1f}% "
-                          f"{elapsed:6.1f}s elapsed, ~{eta:5.1f}s left{suffix}")
-        self.stream.flush()
+    def show(self, record: Record) -> None:
+        """A listener: after each window, the current hyperparameters (up to 3) beside the bar."""
+        if record.kind != "window":
+            return
+        values = {tag.split("/", 1)[1]: f"{value:.3g}" for tag, value in record.scalars.items()
+                  if tag.startswith("hparams/")}
+        if values:
+            self.bar.set_postfix(dict(list(values.items())[:3]), refresh=False)
+
+    @property
+    def remaining_seconds(self) -> float | None:
+        """tqdm's current estimate of the time left (None before the rate is known)."""
+        info = self.bar.format_dict
+        rate, total, done = info.get("rate"), info.get("total"), info.get("n", 0)
+        if not rate or total is None:
+            return None
+        return (total - done) / rate
 
     def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.bar.close()

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .atomic import replacing, write_text
+
 SUMMARY_KEYS = ("final_val_loss", "test_loss", "test_accuracy", "inner_steps", "wall_seconds")
 #: the hypergradient plot shows at most this many components (vector hyperparameters can have thousands)
 MAX_PLOTTED_HYPERGRADIENTS = 6
@@ -27,10 +29,10 @@ def _clean(value: Any) -> Any:
 
 
 def write_results(out: Path, records: Sequence[dict[str, Any]], meta: dict[str, Any] | None = None) -> Path:
+    """``out/results.json``, replaced atomically (a crash mid-write leaves the previous file intact)."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    path.write_text(json.dumps(_clean({"meta": meta or {}, "records": list(records)}), indent=1))
-    return path
+    meta = {**(meta or {}), "warnings": warnings(records)}
+    return write_text(out / "results.json", json.dumps(_clean({"meta": meta, "records": list(records)}), indent=1))
 
 
 def _mean_std(values: list[float]) -> str:
@@ -53,12 +55,40 @@ def summary_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in SUMMARY_KEYS:
             row[key] = _mean_std([g[key] for g in group if key in g])
         row["skipped_updates"] = sum(g.get("skipped_updates", 0) for g in group)
+        row["skipped_steps"] = sum(g.get("skipped_steps", 0) for g in group)
         row["fallbacks"] = sum(g.get("fallbacks", 0) for g in group)
         last = group[-1]["hparams"]
         row["final hparams (last seed)"] = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}=[{len(v)}]" for k, v in last.items())
         rows.append(row)
     return rows
+
+
+def warnings(records: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per run that did not train cleanly: skipped steps, stalled windows, hyperparameters
+    stopped at their bounds, divergences, skipped hypergradient updates (also stored in results.json)."""
+    lines = []
+    for r in records:
+        problems = []
+        total = r.get("inner_steps") or r.get("total_steps") or 0
+        if r.get("skipped_steps"):
+            problems.append(f"{r['skipped_steps']} of {total} training steps skipped (non-finite loss or parameters)")
+        if r.get("stalled_windows"):
+            problems.append(f"{r['stalled_windows']} window(s) stalled (a whole window without one finite, "
+                            "non-divergent step)")
+        if r.get("bound_hits"):
+            hits = ", ".join(f"{k} in {n} window(s)" for k, n in r["bound_hits"].items())
+            problems.append(f"hyperparameters stopped at their bounds: {hits}")
+        if r.get("divergences"):
+            problems.append(f"{r['divergences']} divergence(s), {r.get('reverted_updates', 0)} update(s) undone")
+        if r.get("restored_faults"):
+            problems.append(f"parameters found non-finite {r['restored_faults']} time(s), returned to the last "
+                            "finite state")
+        if r.get("skipped_updates"):
+            problems.append(f"{r['skipped_updates']} hypergradient update(s) skipped (not finite)")
+        if problems:
+            lines.append(f"warning: {r['strategy']} seed {r.get('seed', 0)}: " + "; ".join(problems))
+    return lines
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -85,6 +115,12 @@ def _legend(ax: Any) -> None:
         ax.legend(fontsize=7)
 
 
+def save_figure(fig: Any, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically."""
+    with replacing(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+
+
 def _plots(out: Path, records: Sequence[dict[str, Any]]) -> list[str]:
     """PNG plots (needs matplotlib; returns the file names written)."""
     try:
@@ -107,7 +143,7 @@ def _plots(out: Path, records: Sequence[dict[str, Any]]) -> list[str]:
     ax.set_xscale("log")
     _legend(ax)
     fig.tight_layout()
-    fig.savefig(out / "val_loss.png", dpi=110)
+    save_figure(fig, out / "val_loss.png")
     plt.close(fig)
     written.append("val_loss.png")
 
@@ -126,7 +162,7 @@ def _plots(out: Path, records: Sequence[dict[str, Any]]) -> list[str]:
             ax.set_xlabel("inner steps executed")
         _legend(axes[0][0])
         fig.tight_layout()
-        fig.savefig(out / "hparams.png", dpi=110)
+        save_figure(fig, out / "hparams.png")
         plt.close(fig)
         written.append("hparams.png")
 
@@ -146,7 +182,7 @@ def _plots(out: Path, records: Sequence[dict[str, Any]]) -> list[str]:
             ax.set_yscale("symlog", linthresh=1e-4)
         _legend(axes[0][0])
         fig.tight_layout()
-        fig.savefig(out / "hypergradients.png", dpi=110)
+        save_figure(fig, out / "hypergradients.png")
         plt.close(fig)
         written.append("hypergradients.png")
     return written
@@ -160,7 +196,7 @@ def write_report(out: Path, records: Sequence[dict[str, Any]], title: str, comma
     if command:
         text += [f"Command: `{command}`", ""]
     text += [markdown_table(summary_rows(records)), ""]
+    text += [f"- {line}" for line in warnings(records)]
+    text += [""] if warnings(records) else []
     text += [f"![{p}]({p})" for p in plots]
-    path = out / "report.md"
-    path.write_text("\n".join(text) + "\n")
-    return path
+    return write_text(out / "report.md", "\n".join(text) + "\n")

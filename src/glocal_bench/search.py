@@ -1,6 +1,6 @@
 """Outer Optuna search over the *initial* hyperparameters, each trial one online-tuned run.
 
-Gradient-based tuning follows one path and settles in the basin it starts in (DESIGN section 8);
+Gradient-based tuning follows one path and settles in the basin it starts in;
 black-box search finds basins but pays a whole run per trial. ``run_search`` combines them: Optuna's
 TPE (seeded) samples initial values of the task's hyperparameters (log-uniform a factor ``spread``
 each way around the task's defaults for positive ones, the logit likewise for ones in (0, 1), and
@@ -30,8 +30,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import experiment, report
+from . import experiment, parallel, report
+from .atomic import write_text
 from .experiment import Settings
+from .redact import redact
 
 if TYPE_CHECKING:  # optuna is an optional dependency (the ``search`` extra)
     import optuna
@@ -87,7 +89,8 @@ def search_space(task: str, settings: Settings | None = None, spread: float = 30
                  inner: str = "glocal") -> list[Dimension]:
     """The dimensions searched on ``task``: its scalar hyperparameters around their initial values.
 
-    Log hyperparameters range over [v / spread, v * spread], logit ones over logit(v) +- log(spread);
+    Log hyperparameters range over [v / spread, v * spread], logit ones over logit(v) +- log(spread),
+    both cut to the hyperparameter's bounds;
     other and vector hyperparameters keep their initial values. ``tune_hyper_lr`` adds the tuner's
     hyper learning rate (log-uniform a factor 10 each way; online inner strategies only).
     """
@@ -101,11 +104,14 @@ def search_space(task: str, settings: Settings | None = None, spread: float = 30
         if not isinstance(value, float):
             continue
         kind = built.space.transform_of(name).kind
+        low, high = built.space.bounds_of(name)  # never sample outside the hyperparameter's bounds
         if kind == "log":
-            dims.append(Dimension(name, name, "log", value / spread, value * spread, value))
+            dims.append(Dimension(name, name, "log", max(value / spread, low), min(value * spread, high), value))
         elif kind == "logit":
             logit = math.log(value / (1 - value))
-            dims.append(Dimension(f"logit_{name}", name, "logit", logit - width, logit + width, logit))
+            lo = logit - width if low <= 0 else max(logit - width, math.log(low / (1 - low)))
+            hi = logit + width if high >= 1 else min(logit + width, math.log(high / (1 - high)))
+            dims.append(Dimension(f"logit_{name}", name, "logit", lo, hi, logit))
     if tune_hyper_lr and inner != "fixed":
         dims.append(Dimension("hyper_lr", "hyper_lr", "log", settings.hyper_lr / 10, settings.hyper_lr * 10,
                               settings.hyper_lr))
@@ -190,18 +196,22 @@ def _storage(url: str | None, heartbeat: int | None, on_stale: Callable[[Any, An
         return optuna.storages.InMemoryStorage()
     import sqlalchemy
 
+    shown = _mask(url)
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except Exception:
-        raise SearchError(f"storage {url!r}: not a database URL (e.g. sqlite:///runs/search/study.db)") from None
+        raise SearchError(f"storage {shown!r}: not a database URL (e.g. sqlite:///runs/search/study.db)") from None
+    target = _postgres_url(url, parsed) if parsed.get_backend_name() == "postgresql" else url
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-        if parsed.database and parsed.database != ":memory:":
-            try:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise SearchError(f"storage {url!r}: cannot create its folder ({error.strerror})") from None
+        if not parsed.database or parsed.database == ":memory:" or parsed.database.startswith("file::memory:"):
+            raise SearchError(f"storage {shown!r}: an in-memory SQLite database cannot hold a persistent study; "
+                              "give a file, e.g. sqlite:///runs/search/study.db")
+        try:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SearchError(f"storage {shown!r}: cannot create its folder ({error.strerror})") from None
     if heartbeat is not None:
         kwargs.update(heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
                       heartbeat_stale_trial_callback=on_stale)
@@ -210,21 +220,52 @@ def _storage(url: str | None, heartbeat: int | None, on_stale: Callable[[Any, An
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, **kwargs)
+                return optuna.storages.RDBStorage(target, **kwargs)
         except (ImportError, sqlalchemy.exc.ArgumentError) as error:
-            raise SearchError(f"storage {url!r}: {str(error).splitlines()[0]}") from None
+            raise SearchError(f"storage {shown!r}: {_first_line(error)}") from None
         except sqlalchemy.exc.SQLAlchemyError as error:  # locked, or another worker created the tables first
             last = error
             time.sleep(0.5 * (attempt + 1))
-    raise SearchError(f"storage {url!r}: {str(last).splitlines()[0]}")
+        except Exception as error:  # e.g. a database of another application: optuna's schema checks
+            raise SearchError(f"storage {shown!r}: not an Optuna study database ({_first_line(error)})") from None
+    raise SearchError(f"storage {shown!r}: {_first_line(last)}")
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    import sqlalchemy
+
+    optuna = _optuna()
+    return isinstance(error, sqlalchemy.exc.SQLAlchemyError | optuna.exceptions.StorageInternalError)
+
+
+def _first_line(error: BaseException | None) -> str:
+    """The first line of an error message, credentials masked (database errors may quote the URL)."""
+    text = str(error).strip().splitlines()
+    return redact(text[0] if text else type(error).__name__)
+
+
+def _postgres_url(url: str, parsed: Any) -> str:
+    """``url`` with a PostgreSQL driver that is installed.
+
+    A bare ``postgresql://`` means SQLAlchemy's default driver, which is psycopg 3 since SQLAlchemy 2.1
+    and psycopg2 before; the ``postgres`` extra installs psycopg2 (``psycopg2-binary``), so a bare URL
+    uses psycopg 3 where it is installed and psycopg2 otherwise. An explicit driver is kept as given.
+    """
+    import importlib.util
+
+    if "+" in parsed.drivername:
+        return url
+    if importlib.util.find_spec("psycopg") is not None:
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if importlib.util.find_spec("psycopg2") is not None:
+        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    raise SearchError(f"storage {_mask(url)!r}: no PostgreSQL driver is installed; "
+                      "install one with: pip install 'glocal[postgres]'")
 
 
 def _mask(url: str | None) -> str:
-    if url is None:
-        return "in-memory"
-    import sqlalchemy
-
-    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    """The storage URL as it may be printed or stored: its password replaced by ``***``."""
+    return "in-memory" if url is None else redact(url)
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -419,15 +460,20 @@ def run_search(task: str, inner: str = "glocal", budget_runs: float = 8, seed: i
     name = study_name or f"{task}-{inner}-seed{seed}"
     first = {d.param: d.centre for d in dims} if start_at_defaults else None
     db = _storage(storage, heartbeat, lambda study, trial: _requeue(study, trial))
-    study = optuna.create_study(study_name=name, storage=db, direction="minimize", load_if_exists=True,
-                                sampler=_seeded_sampler(seed, startup_trials, first), pruner=pruner_obj)
     config = _study_config(task, inner, seed, settings, dims, pruner, startup_trials)
     config["start_at_defaults"] = start_at_defaults
     config = report._clean(config)
-    stored = study.user_attrs.get("config")
-    if stored is None:
-        study.set_user_attr("config", config)
-    elif stored != config:
+    try:
+        study = optuna.create_study(study_name=name, storage=db, direction="minimize", load_if_exists=True,
+                                    sampler=_seeded_sampler(seed, startup_trials, first), pruner=pruner_obj)
+        stored = study.user_attrs.get("config")
+        if stored is None:
+            study.set_user_attr("config", config)
+    except Exception as error:  # a database of another application (tables with another schema)
+        if not _is_storage_error(error):
+            raise
+        raise SearchError(f"storage {_mask(storage)!r}: not an Optuna study database ({_first_line(error)})") from None
+    if stored is not None and stored != config:
         differs = sorted(k for k in config if stored.get(k) != config[k])
         raise SearchError(f"study {name!r} exists in {_mask(storage)} with different settings ({', '.join(differs)}; "
                          "use another --study-name")
@@ -462,7 +508,8 @@ def run_search(task: str, inner: str = "glocal", budget_runs: float = 8, seed: i
                 raise optuna.TrialPruned
 
         try:
-            record = experiment.run(task, inner, seed, run_settings, on_curve=on_curve)
+            # under torchrun the other ranks join this run (glocal_bench.parallel); else experiment.run
+            record = parallel.lead_run(experiment.run, task, inner, seed, run_settings, on_curve)
         except optuna.TrialPruned:
             raise
         except Exception as error:  # a genuine failure is not retried (interruptions are)
@@ -605,7 +652,7 @@ def plot_frontier(path: Path, records: Sequence[dict[str, Any]]) -> bool:
         ax.set_ylabel("best final validation loss so far")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    report.save_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -619,5 +666,6 @@ def append_frontier_report(out: Path, records: Sequence[dict[str, Any]], budget_
             budget_table(records, budgets)]
     if plot_frontier(out / "frontier.png", records):
         text.append("![frontier.png](frontier.png)")
-    with (out / "report.md").open("a") as f:
-        f.write("\n".join(text) + "\n")
+    path = out / "report.md"
+    before = path.read_text() if path.exists() else ""
+    write_text(path, before + "\n".join(text) + "\n")

@@ -248,3 +248,23 @@ def test_select_rank_keeps_values_strictly_above_threshold_and_floor():
     assert select_rank(np.array([1e4, 1e-5]), (2, 2), rank=2) == 1  # 1e-5 <= 1e-8 x 1e4: below the floor
     assert select_rank(np.array([1e-3, 1e-12]), (2, 2), rank=2) == 1  # 1e-12 <= 1e-8 x 1e-3
     assert select_rank(np.array([1e-3, 2e-11]), (2, 2), rank=2) == 2
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200, 1e300])
+def test_huge_and_tiny_values_are_scaled_not_overflowed(scale):
+    """Squares of 1e200 overflow float64: the fit runs on the trajectory scaled by a power of two."""
+    t = torch.arange(40, dtype=torch.float64)
+    traj = torch.stack([1 - 0.9**t, 2 + 0.5 * 0.8**t], 1)
+    reference = extrapolate(traj, None)
+    scaled = extrapolate(traj * scale, None)
+    assert not scaled.fell_back and scaled.reason is None
+    torch.testing.assert_close(scaled.value / scale, reference.value, rtol=1e-9, atol=0)
+
+
+def test_a_constant_huge_trajectory_falls_back_for_the_right_reason():
+    constant = extrapolate(np.full((20, 2), 1e200), 5)
+    assert constant.fell_back and "constant" in constant.reason
+    assert np.array_equal(constant.value, np.full(2, 1e200))
+    overflowing = extrapolate(np.array([[1e300], [-1e308], [1e308], [-1e308], [1e308], [1.0]]), 3)
+    assert np.isfinite(overflowing.value).all()
+    assert overflowing.reason is None or "constant" not in overflowing.reason

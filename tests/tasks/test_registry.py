@@ -10,6 +10,7 @@ import torch
 import glocal
 from glocal_bench import tasks
 from glocal_bench.tasks.reweighting import REWEIGHTING_TASKS
+from glocal_bench.tasks.suite import SUITE_TASKS
 
 #: small overrides so every task builds and evaluates quickly
 SMALL = {"mnist1d-mlp-large": {"num_train": 3000}, "mnist1d-mlp-large-adamw": {"num_train": 3000}}
@@ -59,7 +60,7 @@ def test_builds_reproducibly(name):
 
     assert isinstance(t0.space, glocal.HyperSpace)
     assert isinstance(t0.optimizer, glocal.optim.SGD | glocal.optim.AdamW)
-    expected = {"lr", "weight_decay"} | ({"momentum"} if name.startswith(("logistic", "mnist1d"))
+    expected = {"lr", "weight_decay"} | ({"momentum"} if name.startswith(("logistic", "mnist1d", "digits", "diabetes"))
                                          and not name.endswith("adamw") else set())
     if name in REWEIGHTING_TASKS:  # loss weights, not optimizer hyperparameters (tests/reweighting)
         expected = {"class_weights"} if name == "mnist1d-imbalanced" else {"sample_weights"}
@@ -76,7 +77,9 @@ def test_builds_reproducibly(name):
                       [b[1] for b in itertools.islice(t1.batches(5), 3)])
 
     grid = t0.default_grid()
-    if name not in REWEIGHTING_TASKS:  # no grid over thousands of weights
+    if name in SUITE_TASKS:  # the no-regret suite's oracle: a small grid (lr x weight decay)
+        assert set(grid) == {"lr", "weight_decay"} and len(t0.grid_configurations()) == 6
+    elif name not in REWEIGHTING_TASKS:  # no grid over thousands of weights
         assert set(grid) == set(t0.space.names)
         assert 12 <= len(t0.grid_configurations()) <= 20
     assert all(v > 0 for values in grid.values() for v in values)

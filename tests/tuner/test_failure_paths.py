@@ -53,7 +53,7 @@ class Reckless:
 
 def reckless_tuner(divergence_factor):
     model, batches, val = problem()
-    space = glocal.HyperSpace(dtype=torch.float64, lr=glocal.Log(0.05))
+    space = glocal.HyperSpace(dtype=torch.float64, lr=glocal.Log(0.05, high=1e30))  # bounds wide enough to diverge
     tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy, Reckless(),
                          torch.optim.SGD([space.raw], lr=1.0), val=val, clip_norm=None,
                          divergence_factor=divergence_factor)

@@ -37,7 +37,7 @@ def make(strategy, optimizer="sgd"):
                                   beta1=glocal.Logit(0.9))
     else:
         inner = glocal.optim.SGD(momentum=0.5)
-        space = glocal.HyperSpace(dtype=torch.float64, lr=glocal.Log(0.05), momentum=glocal.Logit(0.5))
+        space = glocal.HyperSpace(dtype=torch.float64, lr=glocal.Log(0.05, high=1e30), momentum=glocal.Logit(0.5))
     hyper = torch.optim.Adam([space.raw], lr=0.05) if optimizer == "adamw" else torch.optim.SGD([space.raw], lr=1.0)
     tuner = glocal.Tuner(model, inner, space, F.cross_entropy, F.cross_entropy, strategy, hyper, val=val,
                          clip_norm=None)

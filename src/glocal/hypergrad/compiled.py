@@ -88,6 +88,9 @@ class CompiledForwardEngine(ForwardEngine):
         if self.step_count == 0:  # step 1: zero tangents, SGD's first-step branch: the eager step
             return super().step(batch)
         x, rest = split_batch(batch, "train_batch")
+        if self.fmodel.autocast_dtype is not None:
+            raise ValueError("compile=True: the compiled step does not run under torch.autocast; use compile=False "
+                             "for bfloat16 mixed precision")
         self.step_count += 1
         raw = self._raw()
         if self._tensor_step:

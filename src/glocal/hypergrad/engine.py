@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..optim.base import InnerOptimizer
 from ..space import HyperSpace
 from .functional import Batch, FunctionalModel, LossFn, accepts_hparams, call_loss, split_batch
-from .tangents import Reducer
+from .tangents import Reducer, reduce_all
 
 #: a validation batch ``(x, y, ...)`` or a callable returning one (e.g. a random minibatch)
 Validation = Batch | Callable[[], Batch]
@@ -54,6 +54,10 @@ class Engine(Protocol):
         """Steps not applied because the loss or the new parameters were not finite."""
         ...
 
+    def parameters_finite(self) -> bool:
+        """Whether every trained parameter is finite (checked by the loop after a skipped step)."""
+        ...
+
     def snapshot(self) -> None:
         """Remember the parameters, buffers and optimizer state (a point to return to on divergence)."""
 
@@ -70,6 +74,11 @@ class Engine(Protocol):
 
 def clone_all(tensors: tuple[Tensor, ...] | list[Tensor]) -> list[Tensor]:
     return [t.detach().clone() for t in tensors]
+
+
+def all_finite(tensors: tuple[Tensor, ...] | list[Tensor]) -> bool:
+    """One reduction: whether every element of every tensor is finite."""
+    return bool(torch.isfinite(sum(t.detach().sum() for t in tensors)))
 
 
 def check_names(space: HyperSpace, optimizer: InnerOptimizer, loss_uses_hparams: bool) -> None:
@@ -154,6 +163,21 @@ class ModelEngine:
     def _reduce(self, tensor: Tensor) -> Tensor:
         return tensor if self.reducer is None else self.reducer(tensor)
 
+    def _mean_loss(self, loss: Tensor) -> Tensor:
+        """The training loss averaged over the ranks (detached; itself without a reducer), so that
+        every rank judges finiteness and divergence on the same number."""
+        if self.reducer is None:
+            return loss.detach()
+        return reduce_all(self.reducer, (loss.detach().reshape(()),), "training loss")[0]
+
+    def _mean_validation(self, loss: float, h: Tensor) -> tuple[float, Tensor]:
+        """L_val and h averaged over the ranks in one collective (unchanged without a reducer)."""
+        if self.reducer is None:
+            return loss, h
+        value = torch.tensor([loss], dtype=h.dtype, device=h.device)
+        value, h = reduce_all(self.reducer, (value, h.detach()), "validation loss and hypergradient")
+        return float(value[0]), h
+
     # -- the window -------------------------------------------------------------------------
     def begin_window(self) -> None:
         """Nothing to reset in a plain engine; subclasses reset tangents or cut the graph."""
@@ -187,6 +211,9 @@ class ModelEngine:
         return loss, torch.zeros_like(self.space.raw, requires_grad=False)
 
     # -- rollback ---------------------------------------------------------------------------
+    def parameters_finite(self) -> bool:
+        return all_finite(self.fmodel.parameters())
+
     def snapshot(self) -> None:
         self._snapshot = {"params": clone_all(self.fmodel.parameters()), "buffers": clone_all(self.fmodel.buffers()),
                           "state": clone_all(self.state), "step": self.step_count}

@@ -34,6 +34,10 @@ def make_engine(
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {', '.join(repr(m) for m in MODES)}")
+    if mode == "reverse" and reducer is not None:
+        raise ValueError("mode='reverse' with a reducer: data-parallel tuning supports the forward and plain modes "
+                         "(strategies Local/Glocal in forward mode, Fixed); run reverse mode in one process, or "
+                         "pass reducer=None to train each process on its own")
     if mode == "forward" and compile:
         if reducer is not None:
             raise ValueError("compile=True: the compiled forward step has no reducer hook; use compile=False")

@@ -80,6 +80,7 @@ class ForwardEngine(ModelEngine):
             tangent_grads = self.tangents.gradient_tangents(
                 params, grads[:n], grads[-1] if self.loss_uses_hparams else None)
         del grads, output
+        loss = self._mean_loss(loss)
         self.step_count += 1
         detached = tuple(p.detach() for p in params)
         new_params, new_state, t_params, t_state = self.tangents.advance(
@@ -96,9 +97,7 @@ class ForwardEngine(ModelEngine):
         """(L_val(theta_t), h_t) with h_t = d L_val(theta_t)/d raw since the last tangent reset."""
         loss, grads = self.validation_gradient(val)
         h = self.tangents.hypergradient(grads)
-        if self.reducer is not None:
-            loss = float(self.reducer(torch.tensor(loss, dtype=self.dtype, device=self.device)))
-            h = self.reducer(h)
+        loss, h = self._mean_validation(loss, h)
         return loss, h.to(self.space.raw.dtype)
 
     # -- checkpointing ----------------------------------------------------------------------

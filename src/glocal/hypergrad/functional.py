@@ -60,6 +60,8 @@ class FunctionalModel:
         self.buffer_names = tuple(n for n, _ in model.named_buffers())
         if not self.param_names:
             raise ValueError("model: it has no parameters with requires_grad=True to train")
+        #: when set (``glocal.amp.model_autocast``): forward under autocast to this dtype, output cast back
+        self.autocast_dtype: torch.dtype | None = None
 
     def parameters(self) -> tuple[Tensor, ...]:
         """The model's trainable parameter tensors (the live ones, in a fixed order)."""
@@ -77,7 +79,14 @@ class FunctionalModel:
         if self.frozen_names:
             lookup = dict(self.model.named_parameters())
             tensors.update((n, lookup[n].detach()) for n in self.frozen_names)
-        return functional_call(self.model, tensors, (x,), strict=True)
+        if self.autocast_dtype is None:
+            return functional_call(self.model, tensors, (x,), strict=True)
+        reference = params[0]
+        with torch.autocast(reference.device.type, dtype=self.autocast_dtype):
+            output = functional_call(self.model, tensors, (x,), strict=True)
+        if isinstance(output, Tensor) and output.is_floating_point() and output.dtype != reference.dtype:
+            output = output.to(reference.dtype)  # the loss and everything after it in full precision
+        return output
 
     @contextmanager
     def mode(self, training: bool) -> Iterator[None]:

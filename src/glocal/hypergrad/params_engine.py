@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from ..optim.base import InnerOptimizer
 from ..space import HyperSpace
-from .engine import clone_all
-from .tangents import Reducer, TangentPropagator, flatten
+from .engine import all_finite, clone_all
+from .tangents import Reducer, TangentPropagator, flatten, reduce_all
 
 CREATE_GRAPH_MESSAGE = (
     "glocal: the gradients have no graph. Call loss.backward(create_graph=True) before opt.step(): "
@@ -114,6 +114,7 @@ class ParamEngine:
         constants = self._constant_values()
         step = self.step_count + 1
         if self.tangents is None:
+            values = reduce_all(self.reducer, values, "training gradient")
             with torch.no_grad():
                 new_params, new_state = self._plain_update(detached, values, constants, step)
             t_params = t_state = None
@@ -121,6 +122,8 @@ class ParamEngine:
             tangent_grads = self.tangents.gradient_tangents(self.params, grads) if self.tangents.needs_graph() else None
             new_params, new_state, t_params, t_state = self.tangents.advance(
                 detached, self.state, values, tangent_grads, step, constants)
+        if self.reducer is not None and batch is not None:  # every rank judges the same number
+            loss = float(reduce_all(self.reducer, (torch.tensor([loss], dtype=torch.float64),), "training loss")[0])
         total = sum(p.sum() for p in new_params) + (0.0 if math.isnan(loss) else loss)
         if not bool(torch.isfinite(torch.as_tensor(total))):
             self._skipped_steps += 1
@@ -181,12 +184,15 @@ class ParamEngine:
         grads = torch.autograd.grad(loss.reshape(()), self.params, allow_unused=True)
         grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True))
         h = self.tangents.hypergradient(grads)
-        value = loss.detach().reshape(())
+        value = loss.detach().reshape(1).to(h.dtype)
         if self.reducer is not None:
-            value, h = self.reducer(value), self.reducer(h)
-        return float(value), h.to(self.space.raw.dtype)
+            value, h = reduce_all(self.reducer, (value, h), "validation loss and hypergradient")
+        return float(value[0]), h.to(self.space.raw.dtype)
 
     # -- rollback and checkpointing ---------------------------------------------------------
+    def parameters_finite(self) -> bool:
+        return all_finite(self.params)
+
     def snapshot(self) -> None:
         self._snapshot = {"params": clone_all(self.params), "state": clone_all(self.state), "step": self.step_count}
 

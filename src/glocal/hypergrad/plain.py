@@ -10,6 +10,7 @@ import torch
 
 from .engine import ModelEngine
 from .functional import Batch, call_loss, split_batch
+from .tangents import reduce_all
 
 
 class PlainEngine(ModelEngine):
@@ -25,8 +26,9 @@ class PlainEngine(ModelEngine):
             output = self.fmodel(params, buffers, x)
         loss = call_loss(self.train_loss, output, rest, hparams if self.loss_uses_hparams else None)
         grads = torch.autograd.grad(loss, params)
-        if self.reducer is not None:
-            grads = tuple(self.reducer(g) for g in grads)
+        if self.reducer is not None:  # the gradient and the loss, averaged in one collective
+            *grads, loss = reduce_all(self.reducer, (*grads, loss.detach().reshape(())), "training gradient and loss")
+            grads = tuple(grads)
         self.step_count += 1
         with torch.no_grad():
             new_params, new_state = self.optimizer.update(

@@ -71,10 +71,14 @@ def _flatten_q(tensors: Sequence[Tensor], q: int) -> Tensor:
     return torch.cat([t.reshape(q, -1) for t in tensors], dim=1) if len(tensors) > 1 else tensors[0].reshape(q, -1)
 
 
-def reduce_all(reducer: Reducer | None, tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """``reducer`` applied to each tensor (identity when None)."""
+def reduce_all(reducer: Reducer | None, tensors: tuple[Tensor, ...], what: str = "tensors") -> tuple[Tensor, ...]:
+    """``reducer`` applied to each tensor (identity when None); in one collective where the reducer
+    offers ``mean_all`` (``glocal.distributed.Reducer`` does), ``what`` naming them in its errors."""
     if reducer is None:
         return tensors
+    batched = getattr(reducer, "mean_all", None)
+    if batched is not None:
+        return tuple(batched(tensors, what))
     return tuple(reducer(t) for t in tensors)
 
 
@@ -241,9 +245,10 @@ class TangentPropagator:
         ``constants``: untuned hyperparameter values overriding the optimizer's (floats, or per-element
         flat tensors with ``groups``). The training gradient and its tangents pass ``reducer`` here.
         """
-        grads = reduce_all(self.reducer, grads)
-        if tangent_grads is not None and self.reducer is not None:
-            tangent_grads = reduce_all(self.reducer, tangent_grads)
+        if self.reducer is not None:  # one collective for the gradient and its q tangents: (q + 1) p numbers
+            n = len(grads)
+            both = reduce_all(self.reducer, (*grads, *(tangent_grads or ())), "training gradient and its tangents")
+            grads, tangent_grads = both[:n], (both[n:] if tangent_grads is not None else None)
             self._packed_grads = None
         if self._fast:
             return self._update_flat(params, state, grads, tangent_grads, step, constants or {})

@@ -41,7 +41,8 @@ FALLBACKS = ("holdout", "weighted", "never")
 
 
 class _Data:
-    """The trajectory in float64 torch (input's device), centred, plus a compressed numpy copy.
+    """The trajectory in float64 torch (input's device), scaled by ``2**-exponent``, centred, plus a
+    compressed numpy copy.
 
     ``small`` (n, min(q, n + 1)) has rows with the same inner products as the centred rows, and
     ``small_mean`` plays the mean's part, so all the fitting runs on small matrices.
@@ -49,6 +50,10 @@ class _Data:
 
     def __init__(self, x: Any, is_torch: bool) -> None:
         x64 = x.detach().to(torch.float64) if is_torch else torch.from_numpy(np.asarray(x, dtype=np.float64))
+        # Scale by a power of two (exact) so that the largest entry is in [0.5, 1): sums and squares
+        # of values near 1e200 or 1e-200 neither overflow nor underflow; ``combine`` scales back.
+        self.exponent = int(np.frexp(float(x64.abs().max()))[1])
+        x64 = torch.ldexp(x64, torch.tensor(-self.exponent, dtype=torch.float64))
         self.is_torch = is_torch
         self.mean = x64.mean(0)
         self.centred = x64 - self.mean
@@ -63,7 +68,8 @@ class _Data:
     def combine(self, coef: np.ndarray) -> Any:
         """sum_i coef_i x_i in float64 on the input's device (torch)."""
         c = torch.from_numpy(np.ascontiguousarray(coef)).to(self.centred.device)
-        return c @ self.centred + float(coef.sum()) * self.mean
+        value = c @ self.centred + float(coef.sum()) * self.mean
+        return torch.ldexp(value, torch.tensor(self.exponent, dtype=torch.float64, device=value.device))
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:

@@ -22,7 +22,7 @@ __all__ = ["compress_rows", "default_delay", "hankel_matrix"]
 def default_delay(n: int, q: int) -> int:
     """Default delay d for an (n, q) window.
 
-    About n/4 (DESIGN section 3), but no longer than needed to make the snapshot dimension d*q at
+    About n/4, but no longer than needed to make the snapshot dimension d*q at
     least 3 times the largest rank the window can resolve ((n - d)/2, so that n - d >= 2 rank):
     d >= 3 n / (2 q + 3). Wide trajectories (q >= n) therefore get d = 1, which keeps all n - 1
     snapshot pairs; scalar ones get n/4. Always 1 <= d <= n - 2.

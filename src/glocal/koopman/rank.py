@@ -5,7 +5,7 @@ unknown noise level: keep sigma_i > omega(beta) * median(sigma), with beta the a
 matrix and omega(beta) ~ 0.56 beta^3 - 0.95 beta^2 + 1.82 beta + 1.43. It is guarded by a relative
 floor (sigma_i > floor * sigma_1) so that round-off is never fitted when the median itself is at
 round-off level (exact, noise-free data). An energy rule ("keep 99.9 %") is deliberately not offered:
-it fits noise on SGD data (DESIGN section 8).
+it fits noise on SGD data.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = ["RANK_FLOOR", "omega", "optimal_hard_threshold", "select_rank"]
 
-#: Singular values below RANK_FLOOR * sigma_1 are never kept (DESIGN section 3).
+#: Singular values below RANK_FLOOR * sigma_1 are never kept.
 RANK_FLOOR = 1e-8
 
 

@@ -2,7 +2,9 @@
 
 An inner optimizer is a pure, out-of-place function of (params, state, grads, hyperparameters):
 nothing is mutated and no value is turned into a Python number, so ``torch.func.jvp``, ``vmap``
-and autograd see through every update (``torch.optim`` does not: see DESIGN section 7).
+and autograd see through every update (``torch.optim`` does not: inside ``torch.func.jvp`` it turns
+the learning rate into a Python number and detaches the momentum buffer, silently giving wrong
+tangents).
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
+from .. import defaults
+
 
 @dataclass
 class WindowEstimate:
@@ -54,9 +56,9 @@ def check_mode(mode: str) -> str:
 
 
 def check_record_every(window: int, record_every: int | None) -> int:
-    """Default: record ten points per window; must divide the window so its end is a row."""
+    """Default: record ``defaults.RECORD_POINTS`` points per window; must divide the window so its end is a row."""
     if record_every is None:
-        record_every = max(1, window // 10)
+        record_every = max(1, window // defaults.RECORD_POINTS)
         while window % record_every:
             record_every -= 1
     check_positive_int("record_every", record_every)

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from .. import defaults
 from .base import WindowEstimate, check_mode, check_positive_int
 
 
 @dataclass
 class Local:
-    window: int = 100
+    window: int = defaults.WINDOW
     mode: str = "forward"
     name: str = "local"
 

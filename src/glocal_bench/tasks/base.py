@@ -8,11 +8,13 @@ the HyperSpace to tune with good initial values, fixed train/val/test splits and
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -24,6 +26,7 @@ __all__ = [
     "Split",
     "Task",
     "cross_entropy",
+    "global_rngs_kept",
     "log_grid",
     "mse",
     "seeded_init",
@@ -44,6 +47,18 @@ def mse(output: Tensor, target: Tensor) -> Tensor:
     if output.dim() == target.dim() + 1 and output.shape[-1] == 1:
         output = output.squeeze(-1)
     return F.mse_loss(output, target)
+
+
+@contextmanager
+def global_rngs_kept() -> Iterator[None]:
+    """Restore Python's and numpy's global RNG states after the block (importing scikit-learn's
+    datasets module draws from Python's ``random``, and tasks must leave the global RNGs unchanged)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 @contextmanager

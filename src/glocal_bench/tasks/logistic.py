@@ -14,16 +14,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Task, cross_entropy, log_grid, optimizer_and_space, seeded_init, stratified_split, to_split
+from .base import (
+    Task,
+    cross_entropy,
+    global_rngs_kept,
+    log_grid,
+    optimizer_and_space,
+    seeded_init,
+    stratified_split,
+    to_split,
+)
 
 __all__ = ["make_logistic_digits"]
 
 
 @functools.lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    with global_rngs_kept():
+        from sklearn.datasets import load_digits
 
-    data = load_digits()
+        data = load_digits()
     return data.data.astype(np.float64), data.target.astype(np.int64)
 
 

@@ -18,6 +18,13 @@ from .logistic import make_logistic_digits
 from .mnist1d import make_mnist1d
 from .quadratic import make_quadratic
 from .reweighting import RECOMMENDED, make_imbalanced, make_noisy
+from .suite import (
+    make_diabetes_mlp,
+    make_digits_cnn_bn,
+    make_digits_mlp_long,
+    make_mnist1d_independent,
+    make_seq_transformer,
+)
 
 __all__ = ["describe", "make", "names", "register"]
 
@@ -126,6 +133,19 @@ register("mnist1d-imbalanced", make_imbalanced,
          "MNIST-1D MLP, long-tailed train (imbalance ratio 50), balanced val/test; per-class loss weights (forward)")
 register("mnist1d-noisy", make_noisy,
          "MNIST-1D MLP, 3000 train with 40% wrong labels, clean val 300; per-sample loss weights (reverse)")
+
+# The no-regret suite (benchmarks/bench_suite.py): common library defaults as the start, not tuned values.
+register("digits-cnn-bn", make_digits_cnn_bn,
+         "CNN with BatchNorm on sklearn digits 8x8 (2.9k params), SGD-momentum from lr 0.01; batch 64, 400 steps")
+register("seq-transformer", make_seq_transformer,
+         "1-layer Transformer encoder, synthetic pointer task (plateau then sudden drop, 10% label noise), "
+         "AdamW from lr 1e-3; batch 64, 400 steps")
+register("diabetes-mlp", make_diabetes_mlp,
+         "MLP regression on sklearn diabetes (265 train: overfits fast), SGD-momentum from lr 0.01; MSE, batch 32")
+register("digits-mlp-long", make_digits_mlp_long,
+         "long horizon: MLP 64-32-10 on sklearn digits, 5000 steps (~150 epochs), SGD-momentum from lr 0.01")
+register("mnist1d-mlp-indep", make_mnist1d_independent,
+         "MNIST-1D MLP 40-64-64-10, 2000 train, 1500 steps, batch 64, SGD-momentum from lr 0.003 (untuned start)")
 
 
 def recommended_settings(name: str) -> dict[str, Any]:

@@ -1,0 +1,51 @@
+"""Glocal's per-coordinate guard: sign agreement with the local value and a bounded ratio."""
+
+import pytest
+import torch
+
+from glocal import Glocal
+from glocal.strategies.glocal import guard
+
+
+def test_guard_takes_local_on_disagreement_and_caps_the_ratio():
+    estimate = torch.tensor([-5.0, 0.5, 2.0, -0.1, 0.0])
+    local = torch.tensor([-1.0, -0.2, 1.0, -0.2, 0.3])
+    out, changed = guard(estimate, local, 3.0)
+    assert out.tolist() == pytest.approx([-3.0, -0.2, 2.0, -0.1, 0.3])
+    assert changed == 3
+
+
+def test_a_trusted_fit_is_followed_as_is():
+    # an exactly linear trajectory: the fit predicts the held-out rows (weight ~1), so the estimate is
+    # followed even far beyond 3x the local value (full-batch dynamics, where glocal is accurate)
+    rows = torch.arange(11, dtype=torch.float64)[:, None] * torch.tensor([[1.0, -1e-3]])
+    result = Glocal(window=100, total_steps=2000, record_every=10).estimate(rows, 100)
+    assert result.diagnostics["weight"] >= 0.99 and result.diagnostics["guarded"] == 0
+    assert result.hypergradient[0] > 30
+
+
+def test_an_untrusted_fit_is_guarded_against_the_local_value():
+    gen = torch.Generator().manual_seed(0)
+    steps = torch.arange(11, dtype=torch.float64)[:, None]
+    rows = steps * torch.tensor([[1.0, -1e-3]]) + torch.randn(11, 2, generator=gen, dtype=torch.float64) * 2.0
+    rows[:, 1] *= 1e-3
+    strategy = Glocal(window=100, total_steps=2000, record_every=10)
+    result = strategy.estimate(rows, 100)
+    assert result.diagnostics["weight"] < strategy.trust_weight
+    raw = torch.tensor(result.diagnostics["raw_estimate"], dtype=torch.float64)
+    expected, changed = guard(raw, rows[-1], 3.0)
+    assert torch.equal(result.hypergradient, expected) and result.diagnostics["guarded"] == changed
+    assert (result.hypergradient.abs() <= 3.0 * rows[-1].abs() + 1e-15).all()
+    off = Glocal(window=100, total_steps=2000, record_every=10, max_ratio=None).estimate(rows, 100)
+    assert torch.equal(off.hypergradient, raw)
+
+
+@pytest.mark.parametrize("bad", [0.5, float("inf"), float("nan")])
+def test_bad_max_ratio(bad):
+    with pytest.raises(ValueError, match="max_ratio"):
+        Glocal(max_ratio=bad)
+
+
+def test_bad_trust_weight():
+    with pytest.raises(ValueError, match="trust_weight"):
+        Glocal(trust_weight=1.5)
