@@ -25,6 +25,6 @@ check horizon src/glocal/strategies/glocal.py "rows_ahead = round(remaining / se
 check fallback_counter src/glocal/loop.py "self.fallbacks += int(estimate.fell_back)" "self.fallbacks += 0" tests/test_tuner.py tests/tuner tests/strategies
 check eig_clipping src/glocal/koopman/dmd.py "        lam = clip_modulus(self.eigenvalues, max_modulus)" "        lam = np.asarray(self.eigenvalues, dtype=np.complex128)" tests/koopman tests/strategies
 check clip_all src/glocal/loop.py "if self.clip_norm is not None and norm > self.clip_norm:" "if self.clip_norm is not None:" tests/test_tuner.py tests/tuner
-check adam_ignored_experiment src/glocal_bench/experiment.py 'if settings.hyper_optimizer == "adam":' 'if False:' tests/test_cli.py tests/test_cli_runs.py
+check adam_ignored_defaults src/glocal/defaults.py 'return torch.optim.Adam([raw], lr=lr)' 'return torch.optim.SGD([raw], lr=lr)' tests/test_cli.py tests/test_cli_runs.py
 check adam_ignored_cli src/glocal_bench/cli.py '"hyper_optimizer": args.hyper_optimizer,' '' tests/test_cli.py tests/test_cli_runs.py
-check default_estimator src/glocal/strategies/glocal.py 'DEFAULT_KOOPMAN: dict[str, Any] = {"model": "affine", "fallback": "weighted"}' 'DEFAULT_KOOPMAN: dict[str, Any] = {"model": "affine", "fallback": "holdout"}' tests/strategies tests/test_tuner.py tests/tuner
+check default_estimator src/glocal/defaults.py 'KOOPMAN: dict[str, Any] = {"model": "affine", "fallback": "weighted"}' 'KOOPMAN: dict[str, Any] = {"model": "affine", "fallback": "holdout"}' tests/strategies tests/test_tuner.py tests/tuner
