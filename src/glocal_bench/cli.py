@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--steps", type=_positive_int, default=None,
+                      help="inner steps per run (default: the task's 2000; smaller for a quick smoke run)")
+    demo.add_argument("--window", type=_positive_int, default=None,
+                      help=f"steps per window (default {Settings.window}; at most --steps)")
+    demo.add_argument("--outer-steps", type=_positive_int, default=3, help="global: outer steps (default 3)")
 
     run = sub.add_parser("run", help="one strategy on one task")
     run.add_argument("--task", required=True, help="task name (see `glocal tasks`)")
@@ -434,11 +439,16 @@ SUITE_SUMMARY = (
 DEMO_LR_FACTOR = 30.0
 
 
-def demo_settings() -> Settings:
+def demo_settings(steps: int | None = None, window: int | None = None, outer_steps: int = 3) -> Settings:
+    """The demo's settings: the task's lr / DEMO_LR_FACTOR; ``steps``/``window`` shrink it for smoke runs."""
     default_lr = tasks.make(DEMO_TASK, seed=0).space.to_dict()["lr"]
     assert isinstance(default_lr, float)
-    # the demo's budget: Global gets 3 outer steps (4 whole runs) so the demo stays about a minute
-    return Settings(init={"lr": default_lr / DEMO_LR_FACTOR}, outer_steps=3)
+    # the demo's budget: Global gets 3 outer steps (4 whole runs) so the demo stays about a minute;
+    # ``steps``/``window``/``outer_steps`` shrink it for a smoke run
+    settings = Settings(init={"lr": default_lr / DEMO_LR_FACTOR}, outer_steps=outer_steps, steps=steps)
+    if window is not None:
+        settings.window = window
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -458,7 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             # a small MLP: one thread is faster on a few cores (two threads were seen to stall per step)
             torch.set_num_threads(1)
-            settings = demo_settings()
+            settings = demo_settings(args.steps, args.window, args.outer_steps)
+            _preflight(DEMO_TASK, settings)
             print(f"glocal demo: {DEMO_TASK}, initial lr {settings.init['lr']:.3g} "
                   f"({DEMO_LR_FACTOR:g}x below the task default), strategies fixed, local, glocal, global")
             out = None if args.out is None else _output_folder(args.out)  # None: a torchrun rank other than 0

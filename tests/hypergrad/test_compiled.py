@@ -1,5 +1,7 @@
 """The compiled forward step (CompiledForwardEngine) gives the eager ForwardEngine's tangents (float64)."""
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -32,26 +34,32 @@ CASES = {
 }
 
 
+#: the compiled graph reorders float64 arithmetic, nothing else: agreement to round-off (measured: see below)
+TOLERANCE = 1e-13
+
+
+def _needs_a_cpp_compiler() -> None:
+    """Skip only where inductor's CPU backend cannot work at all: no C++ compiler on PATH."""
+    if not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")):
+        pytest.skip("torch.compile's CPU backend needs a C++ compiler; none on PATH")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_compiled_matches_eager(case):
+    _needs_a_cpp_compiler()
     make_optimizer, make_space = CASES[case]
     eager = ForwardEngine(mlp(), make_optimizer(), make_space(), F.cross_entropy)
     compiled = CompiledForwardEngine(mlp(), make_optimizer(), make_space(), F.cross_entropy)
-    for i, batch in enumerate(batches()):
+    for batch in batches():  # any failure of torch.compile is a failure here (see _needs_a_cpp_compiler)
         loss = eager.step(batch)
-        try:
-            compiled_loss = compiled.step(batch)
-        except Exception as error:  # torch.compile unavailable here (no C++ compiler, unsupported platform)
-            if i == 1 and type(error).__name__ in ("BackendCompilerFailed", "InductorError", "RuntimeError"):
-                pytest.skip(f"torch.compile unavailable: {type(error).__name__}: {str(error)[:200]}")
-            raise
-        assert compiled_loss == pytest.approx(loss, rel=1e-9)
+        compiled_loss = compiled.step(batch)
+        assert compiled_loss == pytest.approx(loss, rel=TOLERANCE)
     pairs = [*zip(eager.tangent_params, compiled.tangent_params, strict=True),
              *zip(eager.tangent_state, compiled.tangent_state, strict=True),
              *zip(eager.fmodel.parameters(), compiled.fmodel.parameters(), strict=True)]
     for expected, got in ((e.detach(), g.detach()) for e, g in pairs):
-        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12 * float(expected.abs().max()))
+        torch.testing.assert_close(got, expected, rtol=TOLERANCE, atol=TOLERANCE * float(expected.abs().max()))
 
 
 @pytest.mark.slow
