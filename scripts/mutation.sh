@@ -28,7 +28,7 @@ case "$module" in
                        "tests/koopman/test_koopman_exact.py", "tests/koopman/test_koopman_fallbacks.py",
                        "tests/koopman/test_koopman_pydmd.py", "tests/strategies/test_glocal_horizon.py"' ;;
     strategies) mutate='"src/glocal/strategies/*", "src/glocal/outer.py"'
-                tests='"tests/strategies/test_glocal_horizon.py", "tests/test_tuner.py", "tests/tuner"' ;;
+                tests='"tests/strategies", "tests/test_tuner.py", "tests/tuner"' ;;
     tuner)      mutate='"src/glocal/tuner.py", "src/glocal/loop.py"'
                 tests='"tests/test_tuner.py", "tests/tuner", "tests/strategies/test_glocal_horizon.py"' ;;
     hypergrad)  mutate='"src/glocal/hypergrad/*"'
