@@ -432,8 +432,8 @@ SUITE_SUMMARY = (
     "0.1426, within noise). Hypergradient descent (Baydin et al.) is as good or slightly worse on four tasks and "
     "much better on the fast-overfitting diabetes MLP (0.47), as is schedule-free SGD there; schedule-free and "
     "Prodigy are worse elsewhere; a 6-run grid oracle is better on four of five tasks. Glocal costs 4-7x the "
-    "CPU time of an untuned run. The issue's goal (Glocal never worse than untuned, and better than Local beyond "
-    "the seed spread on a third of the tasks) is not met yet."
+    "CPU time of an untuned run. The project's no-regret goal (Glocal never worse than untuned, and better than "
+    "Local beyond the seed spread on a third of the tasks) is not met yet."
 )
 #: the demo starts from a learning rate 30x smaller than the task's default
 DEMO_LR_FACTOR = 30.0
