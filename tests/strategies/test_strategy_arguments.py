@@ -1,0 +1,88 @@
+"""Argument checks and small behaviours of the strategies, at their boundaries (killing mutants)."""
+
+import pytest
+import torch
+
+from glocal import Global, Glocal, Local
+from glocal.strategies.base import check_record_every
+from glocal.strategies.glocal import guard
+
+
+@pytest.mark.parametrize("make", [lambda m: Local(window=5, mode=m), lambda m: Glocal(mode=m),
+                                  lambda m: Global(mode=m)])
+def test_mode_must_be_forward_or_reverse(make):
+    assert make("forward").mode == "forward"
+    assert make("reverse").mode == "reverse"
+    with pytest.raises(ValueError, match=r"mode='backward': expected 'forward' or 'reverse'"):
+        make("backward")
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.0])
+def test_window_and_total_steps_are_positive_integers(bad):
+    with pytest.raises(ValueError, match=r"window=.*expected an integer >= 1"):
+        Local(window=bad)
+    with pytest.raises(ValueError, match=r"total_steps=.*expected an integer >= 1"):
+        Glocal(window=10, total_steps=bad)
+
+
+def test_glocal_window_at_most_total_steps():
+    assert Glocal(window=100, total_steps=100).window == 100
+    with pytest.raises(ValueError, match=r"window=101: expected at most total_steps=100"):
+        Glocal(window=101, total_steps=100)
+
+
+def test_default_record_every_gives_ten_points_and_divides_the_window():
+    assert check_record_every(100, None) == 10
+    assert check_record_every(95, None) == 5  # 9 does not divide 95: the next smaller divisor
+    assert check_record_every(7, None) == 1
+    assert check_record_every(10, 10) == 10 and check_record_every(10, 1) == 1
+
+
+@pytest.mark.parametrize("bad", [0, 3, 11])
+def test_record_every_must_divide_the_window(bad):
+    with pytest.raises(ValueError, match=rf"record_every={bad}"):
+        check_record_every(10, bad)
+
+
+def test_glocal_needs_three_recorded_points():
+    assert Glocal(window=10, total_steps=100, record_every=5).record_every == 5  # rows h0, h5, h10
+    with pytest.raises(ValueError, match="at least 3 recorded points"):
+        Glocal(window=10, total_steps=100, record_every=10)
+
+
+def test_glocal_option_boundaries():
+    assert Glocal(max_ratio=1.0).max_ratio == 1.0
+    assert Glocal(max_ratio=None).max_ratio is None
+    assert Glocal(trust_weight=0.0).trust_weight == 0.0 and Glocal(trust_weight=1.0).trust_weight == 1.0
+    with pytest.raises(ValueError, match="trust_weight"):
+        Glocal(trust_weight=-0.01)
+    with pytest.raises(ValueError, match=r"disagree='both': expected 'local' or 'zero'"):
+        Glocal(disagree="both")
+    assert Glocal(koopman={"delay": 2}).koopman == {"model": "affine", "fallback": "weighted", "delay": 2}
+
+
+def test_guard_default_takes_the_local_value_and_zero_option():
+    estimate, local = torch.tensor([2.0, -1.0]), torch.tensor([-0.5, -0.5])
+    out, changed = guard(estimate, local, 3.0)
+    assert out.tolist() == [-0.5, -1.0] and changed == 1
+    out, changed = guard(estimate, local, 3.0, disagree="zero")
+    assert out.tolist() == [0.0, -1.0] and changed == 1
+    with pytest.raises(ValueError, match="disagree"):
+        guard(estimate, local, 3.0, disagree="other")
+
+
+def test_local_follows_the_last_row():
+    rows = torch.tensor([[0.0, 0.0], [1.0, 2.0], [3.0, -4.0]])
+    result = Local(window=5).estimate(rows, 5)
+    assert torch.equal(result.hypergradient, rows[-1]) and torch.equal(result.local, rows[-1])
+    assert not result.fell_back
+
+
+def test_glocal_diagnostics_report_the_horizon_and_the_guard():
+    rows = torch.arange(11, dtype=torch.float64)[:, None] * torch.tensor([[1.0, -2.0]])
+    result = Glocal(window=100, total_steps=1000, record_every=10).estimate(rows, 300)
+    assert result.diagnostics["rows_ahead"] == 70  # (1000 - 300) / 10
+    assert torch.equal(result.local, rows[-1])
+    assert set(result.diagnostics) >= {"rank", "residual", "holdout_error", "weight", "raw_estimate", "guarded"}
+    at_end = Glocal(window=100, total_steps=1000, record_every=10).estimate(rows, 1000)
+    assert at_end.diagnostics["rows_ahead"] == 0
