@@ -350,7 +350,7 @@ class TangentPropagator:
 
     def _update_linearized(self, params, state, grads, tangent_grads, step, constants):
         """Elementwise path with the optimizer's hand-written ``linearized_update`` on flat (q, p) tensors."""
-        q, n = self.q, len(params)
+        n = len(params)
         k = len(state) // n
         flat_p, flat_g = flatten(params), flatten(grads)
         size = flat_p.numel()
@@ -363,17 +363,22 @@ class TangentPropagator:
         with torch.no_grad():
             new_flat_p, new_flat_s, new_z_p, new_z_s = self.optimizer.linearized_update(  # type: ignore[attr-defined]
                 flat_p, flat_s, flat_g, {**constants, **values}, step, z_p, z_s, z_g, tangents)
-        new_params = self._split(new_flat_p, None)
-        new_state = tuple(t for j in range(k) for t in self._split(new_flat_s[j], None))
-        t_params = self._split(new_z_p, q)
-        self._packed_params = (t_params, new_z_p)
-        if k:
-            z_state = torch.cat(new_z_s, dim=1) if k > 1 else new_z_s[0]
-            t_state = tuple(t for j in range(k) for t in self._split(z_state[:, j * size:(j + 1) * size], q))
-            self._packed_state = (t_state, z_state)
-        else:
-            t_state = ()
+        return self._unflatten(new_flat_p, new_flat_s, new_z_p, new_z_s)
+
+    def _unflatten(self, flat_p: Tensor, flat_s: Sequence[Tensor], z_p: Tensor, z_s: Sequence[Tensor]):
+        """Per-tensor views of the flat results (params, k state groups, their (q, p) tangents); the
+        flat tangent tensors are kept so the next step need not re-pack them."""
+        q, k, size = self.q, len(flat_s), flat_p.numel()
+        new_params = self._split(flat_p, None)
+        new_state = tuple(t for j in range(k) for t in self._split(flat_s[j], None))
+        t_params = self._split(z_p, q)
+        self._packed_params = (t_params, z_p)
+        if not k:
             self._packed_state = None
+            return new_params, new_state, t_params, ()
+        z_state = torch.cat(list(z_s), dim=1) if k > 1 else z_s[0]
+        t_state = tuple(t for j in range(k) for t in self._split(z_state[:, j * size:(j + 1) * size], q))
+        self._packed_state = (t_state, z_state)
         return new_params, new_state, t_params, t_state
 
     def _packed(self, views: tuple[Tensor, ...], cache: tuple[tuple[Tensor, ...], Tensor] | None) -> Tensor:
@@ -412,18 +417,7 @@ class TangentPropagator:
             new_flat_s = [u.primal.reshape(-1, size)[0].clone() for u in out_s]
             new_z_s = [self._tangent_or_zeros(u.tangent, q, size, flat_p) for u in out_s]
 
-        new_params = self._split(new_flat_p, None)
-        new_state = tuple(t for j in range(k) for t in self._split(new_flat_s[j], None))
-        t_params = self._split(new_z_p, q)
-        self._packed_params = (t_params, new_z_p)
-        if k:
-            z_s = torch.cat(new_z_s, dim=1) if k > 1 else new_z_s[0]
-            t_state = tuple(t for j in range(k) for t in self._split(z_s[:, j * size:(j + 1) * size], q))
-            self._packed_state = (t_state, z_s)
-        else:
-            t_state = ()
-            self._packed_state = None
-        return new_params, new_state, t_params, t_state
+        return self._unflatten(new_flat_p, new_flat_s, new_z_p, new_z_s)
 
     @staticmethod
     def _tangent_or_zeros(tangent: Tensor | None, q: int, size: int, like: Tensor) -> Tensor:
