@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,16 +20,10 @@ import pytest
 
 pytest.importorskip("optuna")
 
+from shared_study import run_two_workers_on_one_study
+
 from glocal_bench import search
 from glocal_bench.experiment import Settings
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def _worker(storage: str, out: Path, *extra: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "glocal_bench.cli", "search", "--task", "quadratic", "--inner", "local",
-            "--storage", storage, "--study-name", "shared", "--out", str(out), "--threads", "1", "--quiet", *extra]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 
 def _pg_bin(name: str) -> str | None:
@@ -86,20 +79,7 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.mark.slow
 def test_two_workers_complete_one_postgres_study_without_lost_or_duplicated_trials(postgres_url, tmp_path):
-    extra = ("--budget-runs", "6", "--steps", "400", "--window", "100", "--pruner", "none")
-    workers = [_worker(postgres_url, tmp_path / f"w{i}", *extra) for i in range(2)]
-    for w in workers:
-        _, err = w.communicate(timeout=180)
-        assert w.returncode == 0, err
-    result = search.load_search("quadratic", "local", 0, postgres_url, "shared",
-                                settings=Settings(steps=400, window=100))
-    states = [t["state"] for t in result.trials]
-    assert "RUNNING" not in states and "WAITING" not in states and "FAIL" not in states
-    assert [t["number"] for t in result.trials] == list(range(len(result.trials)))
-    done = [t for t in result.trials if t["state"] == "COMPLETE"]
-    assert 6 <= result.spent_runs < 7 and len(done) == 6  # no pruner: every trial is one whole run
-    params = [tuple(sorted(t["params"].items())) for t in done]
-    assert len(set(params)) == len(params)
+    result = run_two_workers_on_one_study(postgres_url, tmp_path, timeout=180)
     assert len({t["worker"] for t in result.trials}) == 2  # both workers ran trials
 
 

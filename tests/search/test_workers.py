@@ -1,10 +1,7 @@
 """Several worker processes on one SQLite study; a killed worker's trial is re-queued."""
 
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,33 +9,15 @@ import pytest
 
 pytest.importorskip("optuna")
 
+from shared_study import run_two_workers_on_one_study, start_worker
+
 from glocal_bench import search
 from glocal_bench.experiment import Settings
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def _worker(storage: str, out: Path, *extra: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "glocal_bench.cli", "search", "--task", "quadratic", "--inner", "local",
-            "--storage", storage, "--study-name", "shared", "--out", str(out), "--threads", "1", "--quiet", *extra]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 
 def test_two_workers_complete_one_sqlite_study_without_lost_or_duplicated_trials(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    extra = ("--budget-runs", "6", "--steps", "400", "--window", "100", "--pruner", "none")
-    workers = [_worker(storage, tmp_path / f"w{i}", *extra) for i in range(2)]
-    for w in workers:
-        _, err = w.communicate(timeout=120)
-        assert w.returncode == 0, err
-    result = search.load_search("quadratic", "local", 0, storage, "shared", settings=Settings(steps=400, window=100))
-    states = [t["state"] for t in result.trials]
-    assert "RUNNING" not in states and "WAITING" not in states and "FAIL" not in states
-    assert [t["number"] for t in result.trials] == list(range(len(result.trials)))
-    done = [t for t in result.trials if t["state"] == "COMPLETE"]
-    assert 6 <= result.spent_runs < 7 and len(done) == 6  # no pruner: every trial is one whole run
-    params = [tuple(sorted(t["params"].items())) for t in done]
-    assert len(set(params)) == len(params)
+    result = run_two_workers_on_one_study(storage, tmp_path, timeout=120)
     assert all((tmp_path / f"w{i}" / "results.json").exists() for i in range(2))
     # both workers ran trials (a trial that lost the race for the last budget is pruned at step 0 before it
     # records a worker: by design, see search.run_search)
@@ -61,8 +40,8 @@ def test_a_killed_workers_trial_is_requeued_after_its_heartbeat_goes_stale(tmp_p
     db = tmp_path / "study.db"
     storage = f"sqlite:///{db}"
     settings = Settings(steps=1000, window=100)
-    worker = _worker(storage, tmp_path / "w", "--budget-runs", "1", "--steps", "1000", "--window", "100",
-                     "--pruner", "none", "--heartbeat", "1")
+    worker = start_worker(storage, tmp_path / "w", "--budget-runs", "1", "--steps", "1000", "--window", "100",
+                          "--pruner", "none", "--heartbeat", "1")
     deadline = time.monotonic() + 90
     while _running_steps(db) < 100:
         assert worker.poll() is None and time.monotonic() < deadline, "the worker ended before it could be killed"
