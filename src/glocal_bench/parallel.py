@@ -62,10 +62,15 @@ def init_from_env(timeout: float = DEFAULT_TIMEOUT) -> World:
     return current()
 
 
-def shutdown() -> None:
+def shutdown(timeout: float = 30.0) -> None:
+    """Leave the process group together: a rank that tore down its gloo connections while another was
+    still using them was seen to abort ("terminate called without an active exception"). The barrier is
+    bounded, so a dead peer delays exit by at most ``timeout`` seconds."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(RuntimeError):  # a peer already gone: nothing left to wait for
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout))
         dist.destroy_process_group()
 
 
