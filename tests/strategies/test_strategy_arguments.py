@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from glocal import Global, Glocal, Local
+from glocal import Fixed, Global, Glocal, Local
 from glocal.strategies.base import check_record_every
 from glocal.strategies.glocal import guard
 
@@ -35,6 +35,8 @@ def test_default_record_every_gives_ten_points_and_divides_the_window():
     assert check_record_every(100, None) == 10
     assert check_record_every(95, None) == 5  # 9 does not divide 95: the next smaller divisor
     assert check_record_every(7, None) == 1
+    assert check_record_every(10, None) == 1 and check_record_every(4, None) == 1  # at least one step
+    assert check_record_every(96, None) == 8  # 9 does not divide 96: the largest divisor below it
     assert check_record_every(10, 10) == 10 and check_record_every(10, 1) == 1
 
 
@@ -86,3 +88,9 @@ def test_glocal_diagnostics_report_the_horizon_and_the_guard():
     assert set(result.diagnostics) >= {"rank", "residual", "holdout_error", "weight", "raw_estimate", "guarded"}
     at_end = Glocal(window=100, total_steps=1000, record_every=10).estimate(rows, 1000)
     assert at_end.diagnostics["rows_ahead"] == 0
+
+
+def test_fixed_refuses_to_estimate():
+    """Fixed has window 0, so the loop never asks it; a caller that does gets a clear error, not a zero step."""
+    with pytest.raises(RuntimeError, match=r"^Fixed never updates hyperparameters$"):
+        Fixed().estimate(torch.zeros(3, 1), 10)

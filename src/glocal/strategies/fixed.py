@@ -16,5 +16,5 @@ class Fixed:
     record_every: int = 1
     mode: str = "plain"
 
-    def estimate(self, trajectory: Tensor, window_end: int) -> WindowEstimate:  # pragma: no cover - never called
+    def estimate(self, trajectory: Tensor, window_end: int) -> WindowEstimate:  # the loop never calls it (window 0)
         raise RuntimeError("Fixed never updates hyperparameters")
