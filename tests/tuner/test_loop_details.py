@@ -1,0 +1,105 @@
+"""The online loop's bookkeeping around faults and checkpoints: windows restart after a recovery, every
+recovery is counted and reported, a checkpoint can be taken right after one, and states are checked."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tuner_helpers import tuner_for
+
+import glocal
+from glocal.loop import History, check_like
+
+
+def nan_batch(batch):
+    x, y = batch
+    return torch.full_like(x, math.nan), y
+
+
+def test_a_restored_fault_restarts_the_window_and_each_one_is_counted():
+    tuner, batches = tuner_for(glocal.Local(window=4))
+    for i in range(2):
+        tuner.step(batches[i])
+    for fault in (1, 2):
+        with torch.no_grad():
+            tuner.model[0].weight[0, 0] = math.nan  # a fault from outside the step (e.g. a hook)
+        assert tuner.step(batches[2]).get("restored")
+        assert tuner.restored_faults == fault
+        state = tuner.state_dict()  # a checkpoint right after the recovery
+        assert state["steps_in_window"] == 0 and state["buffer"] == []
+    # the window starts again at the restored state: four good steps to its end, not the two left
+    updated = [tuner.step(batches[(3 + i) % len(batches)])["updated"] for i in range(4)]
+    assert updated == [False, False, False, True]
+
+
+def test_each_reverted_update_is_counted_and_reported_once():
+    tuner, batches = tuner_for(glocal.Local(window=2), hyper_lr=0.01)
+    reverts = []
+    tuner.listeners.append(lambda record: reverts.append(record.step) if record.kind == "revert" else None)
+    raw0 = tuner.space.raw.detach().clone()
+    tuner.step(batches[0])
+    assert tuner.step(batches[1])["updated"] and not torch.equal(tuner.space.raw, raw0)
+    assert tuner.step(nan_batch(batches[2])).get("skipped")  # undoes the update made at step 2
+    assert tuner.reverted_updates == 1 and torch.equal(tuner.space.raw, raw0)
+    state = tuner.state_dict()  # a checkpoint right after the recovery
+    assert state["steps_in_window"] == 0 and state["buffer"] == [] and state["raw_before_update"] is None
+    tuner.step(nan_batch(batches[3]))  # nothing left to undo: phi stays, nothing more is counted
+    assert tuner.reverted_updates == 1 and torch.equal(tuner.space.raw, raw0)
+    tuner.step(batches[4])
+    assert tuner.step(batches[5])["updated"]
+    tuner.step(nan_batch(batches[0]))
+    assert tuner.reverted_updates == 2 and reverts == [3, 7]
+
+
+def test_a_corrupted_checkpoint_without_a_finite_state_stops_with_a_clear_error():
+    """A checkpoint from before the first step holds no snapshot; if its weights are not finite there is
+    nothing to return to."""
+    source, batches = tuner_for(glocal.Local(window=2))
+    state = source.state_dict()
+    first = next(iter(state["model"]))
+    state["model"][first][0, 0] = math.nan
+    tuner, _ = tuner_for(glocal.Local(window=2))
+    tuner.load_state_dict(state)
+    with pytest.raises(FloatingPointError,
+                       match=r"^the model's parameters are not finite at step 1 and there is no finite state "
+                             r"to return to$"):
+        tuner.step(batches[0])
+
+
+def test_a_state_that_is_not_a_dict_is_refused_by_name():
+    tuner, _ = tuner_for(glocal.Local(window=2))
+    with pytest.raises(ValueError, match=r"^state: expected a dict from state_dict\(\), got list$"):
+        tuner.load_state_dict([1, 2])
+
+
+def test_history_load_state_dict_copies():
+    """Loading one state into two histories (resuming twice from one checkpoint) must not share lists."""
+    state = {"train_loss": [1.0], "val_steps": [1], "val_loss": [0.5], "windows": [{"end": 1}]}
+    history = History()
+    history.load_state_dict(state)
+    history.train_loss.append(2.0)
+    history.windows[0]["end"] = 9
+    assert state == {"train_loss": [1.0], "val_steps": [1], "val_loss": [0.5], "windows": [{"end": 1}]}
+
+
+def test_check_like_accepts_none_and_extra_keys_and_names_what_differs():
+    t = torch.zeros(2)
+    check_like(t, None, "x")
+    check_like(None, [1], "x")
+    check_like({"a": t}, {"a": t.clone(), "extra": 1}, "x")  # only the keys both have are compared
+    cases = [
+        (t, torch.zeros(3), r"^x: expected a tensor of shape \(2,\), torch.float32; got shape \(3,\), torch.float32$"),
+        (t, torch.zeros(2, dtype=torch.float64),
+         r"^x: expected a tensor of shape \(2,\), torch.float32; got shape \(2,\), torch.float64$"),
+        (t, [0.0, 0.0], r"^x: expected a tensor of shape \(2,\), torch.float32; got list$"),
+        ({"a": t}, [t], r"^x: expected a dict, got list$"),
+        ({"a": t}, {"a": torch.zeros(1)}, r"^x\['a'\]: expected a tensor of shape"),
+        ([t, t], [t], r"^x: expected 2 entries, got 1$"),
+        ([t], {"a": t}, r"^x: expected 1 entries, got dict$"),
+        ([t, [t]], [t, [torch.zeros(5)]], r"^x\[1\]\[0\]: expected a tensor of shape \(2,\)"),
+    ]
+    for expected, given, message in cases:
+        with pytest.raises(ValueError, match=message):
+            check_like(expected, given, "x")
