@@ -103,3 +103,53 @@ def test_check_like_accepts_none_and_extra_keys_and_names_what_differs():
     for expected, given, message in cases:
         with pytest.raises(ValueError, match=message):
             check_like(expected, given, "x")
+
+
+def _with(state, **changes):
+    state = dict(state)
+    for key, value in changes.items():
+        if value is _MISSING:
+            del state[key]
+        else:
+            state[key] = value
+    return state
+
+
+_MISSING = object()
+
+
+def test_bad_loop_states_are_refused_by_name_and_change_nothing():
+    tuner, batches = tuner_for(glocal.Local(window=4))
+    for i in range(2):
+        tuner.step(batches[i])
+    state = tuner.state_dict()
+    engine = dict(state["engine"], inner_state=[])
+    cases = [
+        (_with(state, step_count=_MISSING, fallbacks=_MISSING),
+         r"^state: missing step_count, fallbacks \(not a state_dict\(\) of this kind of loop\)$"),
+        # momentum SGD: one buffer per parameter
+        (_with(state, engine=engine), r"^state\['engine'\]\['inner_state'\]: expected 4 entries, got 0$"),
+        (_with(state, step_count=True), r"^state\['step_count'\]=True: expected an integer >= 0$"),
+        (_with(state, step_count=2.5), r"^state\['step_count'\]=2.5: expected an integer >= 0$"),
+        (_with(state, divergences=-1), r"^state\['divergences'\]=-1: expected an integer >= 0$"),
+        (_with(state, steps_in_window=4), r"^state\['steps_in_window'\]=4: expected < the window \(4\)$"),
+    ]
+    other, _ = tuner_for(glocal.Local(window=4), seed=3)
+    raw = other.space.raw.detach().clone()
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            other.load_state_dict(bad)
+    assert torch.equal(other.space.raw, raw) and other.step_count == 0
+    other.load_state_dict(state)
+    assert other.step_count == 2
+
+
+def test_steps_in_window_is_checked_against_a_one_step_window_and_not_for_fixed():
+    one, batches = tuner_for(glocal.Local(window=1))
+    with pytest.raises(ValueError, match=r"^state\['steps_in_window'\]=1: expected < the window \(1\)$"):
+        one.load_state_dict(_with(one.state_dict(), steps_in_window=1))
+    fixed, _ = tuner_for(glocal.Fixed())
+    fixed.step(batches[0])
+    again, _ = tuner_for(glocal.Fixed(), seed=3)
+    again.load_state_dict(fixed.state_dict())  # window 0: steps_in_window stays 0 and is valid
+    assert again.step_count == 1
