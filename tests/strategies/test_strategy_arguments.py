@@ -94,3 +94,42 @@ def test_fixed_refuses_to_estimate():
     """Fixed has window 0, so the loop never asks it; a caller that does gets a clear error, not a zero step."""
     with pytest.raises(RuntimeError, match=r"^Fixed never updates hyperparameters$"):
         Fixed().estimate(torch.zeros(3, 1), 10)
+
+
+def test_glocal_window_is_named():
+    with pytest.raises(ValueError, match=r"^window=0: expected an integer >= 1$"):
+        Glocal(window=0, total_steps=10)
+
+
+def test_glocal_past_total_steps_warns_at_the_caller_and_looks_no_further_ahead():
+    rows = torch.arange(11, dtype=torch.float64)[:, None] * torch.tensor([[1.0, -2.0]])
+    strategy = Glocal(window=10, total_steps=20, record_every=1)
+    assert strategy.estimate(rows, 20).diagnostics["rows_ahead"] == 0  # at the end: nothing ahead
+    message = (r"^Glocal: training ran past total_steps=20 \(window ending at step 30\); from now on there is nothing "
+               r"left to extrapolate to and Glocal follows the window's local hypergradient, as Local does\. Raise "
+               r"total_steps to plan further\.$")
+    with pytest.warns(RuntimeWarning, match=message) as caught:
+        result = strategy.estimate(rows, 30)
+    assert [w.filename for w in caught] == [__file__]  # attributed to the code that called estimate
+    assert result.diagnostics["rows_ahead"] == 0
+
+
+def test_glocal_diagnostics_carry_the_fit_of_extrapolate():
+    from glocal.koopman import extrapolate
+
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.cumsum(torch.randn(11, 2, generator=gen, dtype=torch.float64), 0)
+    rows[0] = 0
+    strategy = Glocal(window=100, total_steps=1000, record_every=10)
+    diagnostics = strategy.estimate(rows, 300).diagnostics
+    fit = extrapolate(rows, 70, **strategy.koopman)
+    assert diagnostics["holdout_last_value_error"] == fit.holdout_last_value_error
+    assert diagnostics["eigenvalue_moduli"] == [abs(complex(e)) for e in fit.eigenvalues]
+    assert diagnostics["raw_estimate"] == fit.value.tolist()
+
+
+@pytest.mark.parametrize(("q", "kept"), [(64, True), (65, False)])
+def test_glocal_raw_estimate_is_kept_for_up_to_64_hyperparameters(q, kept):
+    rows = torch.arange(11, dtype=torch.float64)[:, None] * torch.linspace(-1.0, 1.0, q, dtype=torch.float64)
+    raw = Glocal(window=100, total_steps=1000, record_every=10).estimate(rows, 300).diagnostics["raw_estimate"]
+    assert (raw is not None and len(raw) == q) if kept else raw is None
