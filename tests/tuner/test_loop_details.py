@@ -7,7 +7,8 @@ import math
 
 import pytest
 import torch
-from tuner_helpers import tuner_for
+from torch.nn import functional as F
+from tuner_helpers import problem, tuner_for
 
 import glocal
 from glocal.loop import History, check_like
@@ -153,3 +154,66 @@ def test_steps_in_window_is_checked_against_a_one_step_window_and_not_for_fixed(
     again, _ = tuner_for(glocal.Fixed(), seed=3)
     again.load_state_dict(fixed.state_dict())  # window 0: steps_in_window stays 0 and is valid
     assert again.step_count == 1
+
+
+def test_counters_survive_a_checkpoint_and_old_checkpoints_start_them_at_zero():
+    tuner, batches = tuner_for(glocal.Local(window=2), clip_norm=None, hyper_lr=1e6)  # phi runs into its bounds
+    tuner.step(batches[0])
+    with torch.no_grad():
+        tuner.model[0].weight[0, 0] = math.nan  # before any update: restored, not reverted
+    tuner.step(batches[1])
+    for i in range(2, 6):
+        tuner.step(batches[i])
+    assert tuner.bound_hits >= 1 and tuner.restored_faults == 1
+    state = tuner.state_dict()
+    resumed, _ = tuner_for(glocal.Local(window=2), clip_norm=None, hyper_lr=1e6, seed=3)
+    resumed.load_state_dict(state)
+    assert (resumed.bound_hits, resumed.restored_faults) == (tuner.bound_hits, 1)
+    older = {k: v for k, v in state.items() if k not in ("bound_hits", "restored_faults")}
+    resumed.load_state_dict(older)  # written before these counters existed
+    assert (resumed.bound_hits, resumed.restored_faults) == (0, 0)
+
+
+def test_a_tuned_run_continues_from_its_checkpoint_without_tuning():
+    """A Local run's checkpoint loads into a Fixed Tuner (no hyper-optimizer): model, phi and steps carry over."""
+    tuner, batches = tuner_for(glocal.Local(window=2))
+    for i in range(3):
+        tuner.step(batches[i])
+    model, _, _ = problem(seed=3)
+    space = glocal.HyperSpace(dtype=torch.float64, lr=glocal.Log(0.05), momentum=glocal.Logit(0.5))
+    fixed = glocal.Tuner(model, glocal.optim.SGD(momentum=0.5), space, F.cross_entropy, F.cross_entropy,
+                         glocal.Fixed())
+    assert fixed.hyper_optimizer is None
+    fixed.load_state_dict(tuner.state_dict())
+    assert fixed.step_count == 3 and torch.equal(fixed.space.raw, tuner.space.raw)
+    for p, q in zip(fixed.model.parameters(), tuner.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    fixed.step(batches[3])
+    assert torch.equal(fixed.space.raw, tuner.space.raw)  # not tuned any more
+
+
+def test_bad_tuner_states_are_refused_by_name():
+    tuner, batches = tuner_for(glocal.Local(window=2))
+    tuner.step(batches[0])
+    tuner.step(batches[1])
+    state = tuner.state_dict()
+    model = state["model"]
+    extra = {**model, "a": 1, "b": 1, "c": 1, "d": 1}
+    wrong = {**model, "2.weight": torch.zeros(1, 1, dtype=torch.float64)}
+    cases = [
+        ({k: v for k, v in state.items() if k != "rng"}, r"^state: missing 'rng' \(not a Tuner.state_dict\(\)\)$"),
+        (dict(state, model={}), r"^state\['model'\]: not this model's state_dict \(missing \['0.bias', '0.weight', "
+                                r"'2.bias'\], unexpected \[\]\)$"),
+        (dict(state, model=extra), r"^state\['model'\]: not this model's state_dict \(missing \[\], unexpected "
+                                   r"\['a', 'b', 'c'\]\)$"),
+        (dict(state, model=["0.weight"]), r"^state\['model'\]: not this model's state_dict \(missing \[\], "
+                                          r"unexpected \[\]\)$"),
+        (dict(state, model=wrong), r"^state\['model'\]\['2.weight'\]: expected a tensor of shape \(3, 12\)"),
+        (dict(state, rng="seed 0"), r"^state\['rng'\]: expected torch.get_rng_state\(\) output$"),
+        (dict(state, rng=state["rng"].to(torch.int16)), r"^state\['rng'\]: expected torch.get_rng_state\(\) output$"),
+        (dict(state, rng=state["rng"][:10]), r"^state\['rng'\]: expected torch.get_rng_state\(\) output$"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            tuner.load_state_dict(bad)
+    tuner.load_state_dict(state)
