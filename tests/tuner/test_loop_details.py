@@ -217,3 +217,12 @@ def test_bad_tuner_states_are_refused_by_name():
         with pytest.raises(ValueError, match=message):
             tuner.load_state_dict(bad)
     tuner.load_state_dict(state)
+
+
+def test_reverse_mode_is_checkpointed_at_window_ends_only():
+    tuner, batches = tuner_for(glocal.Local(window=2, mode="reverse"))
+    tuner.step(batches[0])
+    with pytest.raises(RuntimeError, match=r"^a reverse-mode run can be checkpointed only at a window's end$"):
+        tuner.state_dict()
+    tuner.step(batches[1])
+    assert tuner.state_dict()["steps_in_window"] == 0
