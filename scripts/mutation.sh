@@ -30,7 +30,8 @@ case "$module" in
     strategies) mutate='"src/glocal/strategies/*", "src/glocal/outer.py"'
                 tests='"tests/strategies", "tests/test_tuner.py", "tests/tuner"' ;;
     tuner)      mutate='"src/glocal/tuner.py", "src/glocal/loop.py"'
-                tests='"tests/test_tuner.py", "tests/tuner", "tests/torch_optim", "tests/strategies/test_glocal_horizon.py"' ;;
+                tests='"tests/test_tuner.py", "tests/tuner", "tests/torch_optim", "tests/logging/test_records.py",
+                       "tests/strategies/test_glocal_horizon.py"' ;;
     # compiled.py (the torch.compile'd step) is left out: only the slow-marked compile tests reach it
     hypergrad)  mutate='"src/glocal/hypergrad/api.py", "src/glocal/hypergrad/engine.py",
                         "src/glocal/hypergrad/factory.py", "src/glocal/hypergrad/forward.py",

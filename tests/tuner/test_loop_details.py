@@ -190,6 +190,18 @@ def test_a_tuned_run_continues_from_its_checkpoint_without_tuning():
         assert torch.equal(p, q)
     fixed.step(batches[3])
     assert torch.equal(fixed.space.raw, tuner.space.raw)  # not tuned any more
+    # nor judged for divergence (there is no update to undo), even far above the checkpoint's reference loss
+    state = dict(tuner.state_dict(), reference_loss=1e-3)
+    fixed.load_state_dict(state)
+    record = fixed.step(batches[4])
+    assert record["train_loss"] > 100 * 1e-3
+    assert not record.get("diverged") and fixed.divergences == 0
+    # and a skipped step does not undo the tuned run's last update: a Fixed run never changes phi
+    assert state["raw_before_update"] is not None
+    fixed.load_state_dict(state)
+    x, y = batches[5]
+    assert fixed.step((torch.full_like(x, math.nan), y)).get("skipped")
+    assert fixed.reverted_updates == 0 and torch.equal(fixed.space.raw, tuner.space.raw)
 
 
 def test_bad_tuner_states_are_refused_by_name():

@@ -1,0 +1,128 @@
+"""One step of the online loop at its edges: Fixed needs no validation data, one-step windows behave as
+windows (tangents restart, recovery, divergence), each step's record, and the divergence threshold."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.func import functional_call
+from torch.nn import functional as F
+from tuner_helpers import problem, tuner_for
+
+import glocal
+from glocal.strategies import WindowEstimate
+
+
+class Reckless:
+    """Asks for an absurd learning rate (log lr + 40) at every window's end."""
+
+    name, record_every, mode = "reckless", 1, "forward"
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+
+    def estimate(self, trajectory, window_end):
+        return WindowEstimate(hypergradient=torch.full_like(trajectory[-1], -40.0), local=trajectory[-1])
+
+
+def test_fixed_needs_no_validation_data_and_keeps_no_window_buffer():
+    model, batches, _ = problem()
+    space = glocal.HyperSpace(dtype=torch.float64, lr=glocal.Log(0.05))
+    tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy, glocal.Fixed())
+    records = [tuner.step(batches[i]) for i in range(3)]
+    assert [r["step"] for r in records] == [1, 2, 3] and not any(r["updated"] for r in records)
+    assert tuner.history.val_loss == [] and tuner.history.windows == []
+    assert tuner.state_dict()["buffer"] == []
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_a_tuning_strategy_needs_validation_data(window):
+    model, batches, _ = problem()
+    space = glocal.HyperSpace(dtype=torch.float64, lr=glocal.Log(0.05))
+    tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy,
+                         glocal.Local(window=window))
+    with pytest.raises(ValueError, match=r"^val_batch: required \(or pass val= to Tuner\) when the strategy tunes$"):
+        tuner.step(batches[0])
+
+
+def test_one_step_windows_restart_their_tangents():
+    """window=1, plain SGD: h = d L_val(theta_{t+1}) / d log lr
+    = -lr <grad L_val(theta_{t+1}), grad L_train(theta_t)>, from this step only."""
+    model, batches, val = problem()
+    space = glocal.HyperSpace(dtype=torch.float64, lr=glocal.Log(0.05))
+    tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy, glocal.Local(window=1),
+                         torch.optim.SGD([space.raw], lr=0.0), val=val)
+
+    def grad(params, batch):
+        out = functional_call(model, params, (batch[0],))
+        return torch.autograd.grad(F.cross_entropy(out, batch[1]), list(params.values()))
+
+    for i in range(3):
+        before = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+        record = tuner.step(batches[i])
+        after = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+        g_train, g_val = grad(before, batches[i]), grad(after, val)
+        expected = -0.05 * sum((a * b).sum() for a, b in zip(g_val, g_train, strict=True))
+        assert record["updated"] and record["val_loss"] == tuner.history.val_loss[-1]
+        assert tuner.history.windows[-1]["local"][0] == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_one_step_windows_are_reverted_after_a_skipped_step():
+    tuner, batches = tuner_for(glocal.Local(window=1))
+    raw0 = tuner.space.raw.detach().clone()
+    assert tuner.step(batches[0])["updated"] and not torch.equal(tuner.space.raw, raw0)
+    x, y = batches[1]
+    assert tuner.step((torch.full_like(x, math.nan), y)).get("skipped")
+    assert tuner.reverted_updates == 1 and torch.equal(tuner.space.raw, raw0)
+
+
+def test_one_step_windows_are_judged_for_divergence_and_each_divergence_counts():
+    tuner, batches = tuner_for(Reckless(1), clip_norm=None)
+    tuner.space.raw_high.fill_(math.inf)  # let the learning rate blow up
+    records = [tuner.step(batches[i]) for i in range(4)]  # lr 0.05 e^40 after step 1: the weights blow up
+    assert [bool(r.get("diverged")) for r in records] == [False, False, True, True]
+    assert tuner.divergences == 2
+
+
+def test_a_skipped_step_is_recorded_as_skipped():
+    seen = []
+    tuner, batches = tuner_for(glocal.Local(window=2))
+    tuner.listeners.append(seen.append)
+    x, y = batches[0]
+    tuner.step((torch.full_like(x, math.nan), y))
+    (skipped,) = [r for r in seen if r.kind == "step"]
+    assert skipped.step == 1 and skipped.scalars == {"train/skipped": 1.0}  # a NaN loss is not logged
+
+
+def _at_reference(factor):
+    """Train 30 steps (15 windows), then one step on a batch far harder than the last window's mean;
+    returns (record of that step, the reference loss, that step's loss with divergence detection off)."""
+    tuner, batches = tuner_for(glocal.Local(window=2))
+    for i in range(30):
+        tuner.step(batches[i % len(batches)])
+    state = tuner.state_dict()
+    x, y = batches[0]
+    hard = (x * 5, (y + 1) % 3)
+    tuner.divergence_factor = None
+    loss = tuner.step(hard)["train_loss"]
+    tuner.load_state_dict(state)
+    tuner.divergence_factor = factor(loss, state["reference_loss"])
+    return tuner, tuner.step(hard), state["reference_loss"], loss
+
+
+def test_divergence_is_a_loss_strictly_above_the_factor_times_the_reference():
+    def exactly(loss, reference):  # a factor with factor * reference == loss in floating point
+        factor = loss / reference
+        while factor * reference != loss:
+            factor = math.nextafter(factor, math.inf if factor * reference < loss else -math.inf)
+        return factor
+
+    tuner, record, reference, loss = _at_reference(exactly)
+    assert tuner.divergence_factor * reference == loss and tuner.divergence_factor > 1
+    assert not record.get("diverged") and tuner.divergences == 0
+    # just below: divergence, also when the reference loss is below 1 (it is not rounded up to 1)
+    tuner, record, reference, loss = _at_reference(lambda loss, reference: loss / reference * (1 - 1e-9))
+    assert reference < 1 < tuner.divergence_factor
+    assert record.get("diverged") and tuner.divergences == 1
