@@ -126,3 +126,12 @@ def test_divergence_is_a_loss_strictly_above_the_factor_times_the_reference():
     tuner, record, reference, loss = _at_reference(lambda loss, reference: loss / reference * (1 - 1e-9))
     assert reference < 1 < tuner.divergence_factor
     assert record.get("diverged") and tuner.divergences == 1
+
+
+def test_weights_not_finite_before_the_first_step_are_reported_with_what_to_check():
+    tuner, batches = tuner_for(glocal.Local(window=2))
+    with torch.no_grad():
+        tuner.model[2].bias[0] = math.inf
+    with pytest.raises(FloatingPointError, match=r"^the model's parameters are not finite before the first step: "
+                       r"there is no finite state to train from \(check the initialisation or the loaded weights\)$"):
+        tuner.step(batches[0])
