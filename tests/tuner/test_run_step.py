@@ -135,3 +135,41 @@ def test_weights_not_finite_before_the_first_step_are_reported_with_what_to_chec
     with pytest.raises(FloatingPointError, match=r"^the model's parameters are not finite before the first step: "
                        r"there is no finite state to train from \(check the initialisation or the loaded weights\)$"):
         tuner.step(batches[0])
+
+
+def test_construction_arguments_at_their_edges():
+    model, batches, val = problem()
+    space = glocal.HyperSpace(dtype=torch.float64, lr=glocal.Log(0.05))
+    args = (model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy)
+    with pytest.raises(TypeError,
+                       match=r"^strategy: expected a glocal strategy \(Fixed, Local, Glocal\), got 'local'$"):
+        glocal.Tuner(*args, "local", val=val)
+    with pytest.raises(ValueError, match=r"^hyper_optimizer: it must optimize space.raw, e.g. "
+                       r"torch.optim.Adam\(\[space.raw\]\)$"):
+        glocal.Tuner(*args, glocal.Local(window=1), torch.optim.Adam([torch.zeros(1, requires_grad=True)]), val=val)
+    assert glocal.Tuner(*args, glocal.Local(window=1), val=val, divergence_factor=1.5).divergence_factor == 1.5
+    # the loop's own default is the Tuner's
+    from glocal.loop import OnlineLoop
+
+    tuner = glocal.Tuner(*args, glocal.Local(window=1), val=val)
+    assert tuner.divergence_factor == OnlineLoop(tuner.engine, space, glocal.Fixed()).divergence_factor == 100.0
+    # a one-step window gets the default hyper-optimizer too, and tunes with it
+    raw0 = space.raw.detach().clone()
+    assert isinstance(tuner.hyper_optimizer, glocal.RelativeSGD)
+    assert tuner.step(batches[0])["updated"] and not torch.equal(space.raw, raw0)
+
+
+def test_the_drop_in_hyper_lr_is_the_first_relative_step():
+    """RelativeSGD (the default) moves raw by exactly hyper_lr on the first update, against the local sign."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    _, batches, (xv, yv) = problem()
+    opt = glocal.GlocalSGD(model.parameters(), lr=0.05, tune=("lr",), strategy="local", window=2, hyper_lr=0.25,
+                           val_closure=lambda: F.cross_entropy(model(xv), yv))
+    raw0 = opt.space.raw.detach().clone()
+    for x, y in batches[:2]:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward(create_graph=True)
+        opt.step()
+    local = torch.tensor(opt.history.windows[0]["local"], dtype=torch.float64)
+    torch.testing.assert_close(opt.space.raw.detach() - raw0, -0.25 * torch.sign(local), rtol=1e-12, atol=0)
