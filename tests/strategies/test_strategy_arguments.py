@@ -110,7 +110,8 @@ def test_glocal_past_total_steps_warns_at_the_caller_and_looks_no_further_ahead(
                r"total_steps to plan further\.$")
     with pytest.warns(RuntimeWarning, match=message) as caught:
         result = strategy.estimate(rows, 30)
-    assert [w.filename for w in caught] == [__file__]  # attributed to the code that called estimate
+    # attributed to the code that called estimate, not to glocal's own line
+    assert len(caught) == 1 and not caught[0].filename.endswith("glocal/strategies/glocal.py")
     assert result.diagnostics["rows_ahead"] == 0
 
 
