@@ -152,6 +152,19 @@ def table(data: dict[str, Any], tasks: list[str] | None = None, strategies: list
     return "\n".join(lines) + "\n"
 
 
+def matrix(data: dict[str, Any]) -> str:
+    """Markdown: final validation loss (mean ± std over seeds), one row per strategy, one column per task."""
+    records = data["records"]
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    strategies = list(dict.fromkeys(r["strategy"] for r in records))
+    lines = ["| strategy | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    for strategy in strategies:
+        cells = [_mean_std([r["final_val_loss"] for r in records if r["task"] == t and r["strategy"] == strategy])
+                 for t in tasks]
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def acceptance(data: dict[str, Any], glocal: str = "glocal", local: str = "local") -> str:
     """Per task: glocal mean <= local mean + local std, glocal mean <= fixed mean, glocal beats local beyond spread."""
     records = data["records"]
@@ -205,7 +218,7 @@ def main() -> None:
     else:
         data = run(tasks, strategies, list(range(args.first_seed, args.first_seed + args.seeds)), args.json,
                    overrides, args.label, args.force, not args.no_reference)
-    text = table(data) + "\n" + acceptance(data)
+    text = table(data) + "\n" + matrix(data) + "\n" + acceptance(data)
     print(text)
     if not args.table_only:
         args.json.with_suffix(".md").write_text(f"Command: `{data['meta']['command']}`\n\n{text}")

@@ -30,9 +30,17 @@ OUTER_STEPS = 4
 CLIP_NORM: float | None = None
 #: Glocal: options of ``glocal.koopman.extrapolate``
 KOOPMAN: dict[str, Any] = {"model": "affine", "fallback": "weighted"}
-#: Glocal: each coordinate of the estimate must agree in sign with the local value (else the local
-#: value is used) and be at most this many times as large ...
-MAX_RATIO = 3.0
+#: Glocal: the trajectory starts at the run's start in forward mode (tangents carried across windows:
+#: the realised hypergradient since then, extrapolated); reverse mode resets it at each window
+ANCHOR = "run"
+#: ... and starts a new trajectory every this many windows (None: never)
+REANCHOR_EVERY: int | None = 5
+#: Glocal: the Koopman fit uses at most the last this many recorded rows (twenty default windows)
+FIT_ROWS = 200
+#: Glocal: each coordinate of the estimate must agree in sign with the last realised value (else that
+#: value is used) and be at most this many times as large: 1 means an untrusted extrapolation can
+#: damp a coordinate but never push it past what was realised ...
+MAX_RATIO = 1.0
 #: ... a coordinate that disagrees in sign becomes the local value ("local") or zero ("zero")
 DISAGREE = "local"
 #: ... unless the fit is trusted: its held-out error is 10x below the last value's (blend weight

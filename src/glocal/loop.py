@@ -2,7 +2,9 @@
 
 Data flow of one step: engine step (theta, s and their tangents) -> every ``record_every`` steps
 h_j = d L_val / d raw into the window buffer -> at the window's end the strategy turns the buffer
-into a hypergradient -> clip -> ``space.raw.grad`` -> ``hyper_optimizer.step()`` -> a new window.
+into a hypergradient -> clip -> ``space.raw.grad`` -> ``hyper_optimizer.step()`` -> a new window,
+which resets the tangents and the buffer unless the strategy keeps its trajectory going
+(``keeps_trajectory``: Glocal with ``anchor="run"``).
 A non-finite hypergradient is skipped and counted. The engine is used only through its protocol
 (``glocal.hypergrad.engine.Engine``).
 
@@ -68,6 +70,13 @@ def check_like(expected: Any, given: Any, where: str) -> None:
                              f"{len(given) if isinstance(given, list | tuple) else type(given).__name__}")
         for i, (e, g) in enumerate(zip(expected, given, strict=True)):
             check_like(e, g, f"{where}[{i}]")
+
+
+def keeps_trajectory(strategy: object, window_end: int) -> bool:
+    """Whether the window after the one ending at ``window_end`` goes on with this trajectory (tangents
+    carried, rows kept) instead of starting a new one: the strategy's optional ``keeps_trajectory``."""
+    keeps = getattr(strategy, "keeps_trajectory", None)
+    return bool(keeps(window_end)) if callable(keeps) else False
 
 
 def check_strategy(strategy: object) -> Strategy:
@@ -149,7 +158,7 @@ class OnlineLoop:
             raise ValueError("val_batch: required (or pass val= to Tuner) when the strategy tunes")
         if not self._started:
             self._start()
-        if window > 0 and self.steps_in_window == 0:
+        if window > 0 and self.steps_in_window == 0 and not self.buffer:  # a kept trajectory goes on
             self.engine.begin_window()
             self.buffer = [torch.zeros_like(self.space.raw, requires_grad=False)]
         skipped_before = self.engine.skipped_steps
@@ -258,7 +267,11 @@ class OnlineLoop:
                      fell_back=estimate.fell_back, reason=estimate.reason, diagnostics=estimate.diagnostics)
         self.fallbacks += int(estimate.fell_back)
         self.steps_in_window = 0
-        self.buffer = []
+        if keeps_trajectory(self.strategy, self.step_count) and torch.isfinite(trajectory[-1]).all():
+            keep = getattr(self.strategy, "fit_rows", None)  # the next window goes on with tangents and rows
+            self.buffer = self.buffer[-keep:] if keep else self.buffer
+        else:
+            self.buffer = []  # the next window starts a new trajectory (and resets the tangents)
         if not torch.isfinite(hypergradient).all():
             self.skipped_updates += 1
             entry.update(skipped=True, hparams=self.space.to_dict())

@@ -65,6 +65,8 @@ class Settings:
     max_ratio: float | None = defaults.MAX_RATIO
     #: other ``glocal.Glocal`` options (e.g. ``{"disagree": "zero"}``), for experiments
     glocal_options: dict[str, Any] = field(default_factory=dict)
+    #: other ``glocal.Local`` options (e.g. ``{"anchor": "run"}``), for experiments
+    local_options: dict[str, Any] = field(default_factory=dict)
     steps: int | None = None
     outer_steps: int = defaults.OUTER_STEPS
     init: dict[str, float] = field(default_factory=dict)
@@ -167,7 +169,7 @@ def _online(task: Task, strategy_name: str, settings: Settings, seed: int, progr
     if strategy_name == "fixed":
         strategy: Any = Fixed()
     elif strategy_name == "local":
-        strategy = Local(window=settings.window, mode=task.mode)
+        strategy = Local(window=settings.window, mode=task.mode, **settings.local_options)
     else:
         strategy = Glocal(window=settings.window, total_steps=total, record_every=settings.record_every,
                           mode=task.mode, koopman=dict(settings.koopman), max_ratio=settings.max_ratio,

@@ -91,6 +91,51 @@ def warnings(records: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _finite(values: list[Any]) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def _compare(name: str, ours: list[float], theirs: list[float], other: str) -> str:
+    """"Glocal (m) is below/above/within the seed spread of Local (m)", judged by the larger seed std."""
+    a, b = statistics.mean(ours), statistics.mean(theirs)
+    stds = [statistics.stdev(v) for v in (ours, theirs) if len(v) > 1]
+    if not stds:
+        word = "below" if a < b else "above" if a > b else "equal to"
+        return f"{name} ({a:.4g}) is {word} {other} ({b:.4g}; one seed, no spread to judge by)"
+    spread = max(stds)
+    if abs(a - b) <= spread:
+        return f"{name} ({a:.4g}) is within the seed spread ({spread:.2g}) of {other} ({b:.4g})"
+    word = "below" if a < b else "above"
+    return f"{name} ({a:.4g}) is {word} {other} ({b:.4g}) by more than the seed spread ({spread:.2g})"
+
+
+def in_plain_words(records: Sequence[dict[str, Any]]) -> list[str]:
+    """One paragraph per task, computed from the records: which strategy ended lowest, Glocal against
+    Local and the untuned run (judged by the seed spread), and Glocal's wall time against the untuned run's."""
+    losses: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    walls: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        losses[r["task"]][r["strategy"]] += _finite([r.get("final_val_loss")])
+        walls[r["task"]][r["strategy"]] += _finite([r.get("wall_seconds")])
+    paragraphs = []
+    for task, by_strategy in losses.items():
+        means = {s: statistics.mean(v) for s, v in by_strategy.items() if v}
+        if not means:
+            continue
+        best = min(means, key=lambda s: means[s])
+        sentences = [f"On {task}, the lowest mean final validation loss is {best}'s ({means[best]:.4g})"]
+        if "glocal" in means:
+            for other, name in (("local", "Local"), ("fixed", "the untuned run")):
+                if other in means:
+                    sentences.append(_compare("Glocal", by_strategy["glocal"], by_strategy[other], name))
+            glocal_wall, fixed_wall = walls[task].get("glocal"), walls[task].get("fixed")
+            if glocal_wall and fixed_wall and statistics.mean(fixed_wall) > 0:
+                ratio = statistics.mean(glocal_wall) / statistics.mean(fixed_wall)
+                sentences.append(f"Glocal took {ratio:.1f}x the wall time of the untuned run")
+        paragraphs.append("; ".join(sentences) + ".")
+    return paragraphs
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "(no results)\n"
@@ -189,13 +234,15 @@ def _plots(out: Path, records: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def write_report(out: Path, records: Sequence[dict[str, Any]], title: str, command: str = "") -> Path:
-    """``report.md``: the summary table, the command that produced it, and the plots."""
+    """``report.md``: the summary table, the command that produced it, what it shows in plain words
+    (computed from the records), warnings, and the plots."""
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(out, records)
     text = [f"# {title}", ""]
     if command:
         text += [f"Command: `{command}`", ""]
     text += [markdown_table(summary_rows(records)), ""]
+    text += [" ".join(in_plain_words(records)), ""] if in_plain_words(records) else []
     text += [f"- {line}" for line in warnings(records)]
     text += [""] if warnings(records) else []
     text += [f"![{p}]({p})" for p in plots]

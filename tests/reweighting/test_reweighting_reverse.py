@@ -48,7 +48,8 @@ class Recording(glocal.Glocal):
 def _run(mode, windows=2, window=6, record_every=2):
     model, batches, val = _problem()
     space = _space()
-    strategy = Recording(window=window, total_steps=windows * window * 3, record_every=record_every, mode=mode)
+    strategy = Recording(window=window, total_steps=windows * window * 3, record_every=record_every, mode=mode,
+                         anchor="window")  # per-window trajectories in both modes (reverse mode's only anchor)
     opt = glocal.optim.SGD(lr=0.3, momentum=0.9)
     tuner = glocal.Tuner(model, opt, space, SampleWeightedCrossEntropy(), cross_entropy, strategy,
                          torch.optim.SGD([space.raw], lr=1.0), val=val, clip_norm=None)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from glocal import Glocal
+from glocal import Glocal, defaults
 from glocal.strategies.glocal import guard
 
 
@@ -30,12 +30,15 @@ def test_an_untrusted_fit_is_guarded_against_the_local_value():
     rows = steps * torch.tensor([[1.0, -1e-3]]) + torch.randn(11, 2, generator=gen, dtype=torch.float64) * 2.0
     rows[:, 1] *= 1e-3
     strategy = Glocal(window=100, total_steps=2000, record_every=10)
+    assert strategy.max_ratio == defaults.MAX_RATIO
     result = strategy.estimate(rows, 100)
     assert result.diagnostics["weight"] < strategy.trust_weight
     raw = torch.tensor(result.diagnostics["raw_estimate"], dtype=torch.float64)
-    expected, changed = guard(raw, rows[-1], 3.0)
+    expected, changed = guard(raw, rows[-1], defaults.MAX_RATIO)
     assert torch.equal(result.hypergradient, expected) and result.diagnostics["guarded"] == changed
-    assert (result.hypergradient.abs() <= 3.0 * rows[-1].abs() + 1e-15).all()
+    assert (result.hypergradient.abs() <= defaults.MAX_RATIO * rows[-1].abs() + 1e-15).all()
+    three = Glocal(window=100, total_steps=2000, record_every=10, max_ratio=3.0).estimate(rows, 100)
+    assert torch.equal(three.hypergradient, guard(raw, rows[-1], 3.0)[0])
     off = Glocal(window=100, total_steps=2000, record_every=10, max_ratio=None).estimate(rows, 100)
     assert torch.equal(off.hypergradient, raw)
 

@@ -61,7 +61,7 @@ def test_fallbacks_are_counted_per_window():
 
 def test_glocal_fallbacks_are_counted():
     """Real Glocal windows whose fit cannot be made (5 rows, delay 3: 3 snapshots, rank 0) are counted."""
-    strategy = glocal.Glocal(window=4, total_steps=40, record_every=1, koopman={"delay": 3})
+    strategy = glocal.Glocal(window=4, total_steps=40, record_every=1, koopman={"delay": 3}, anchor="window")
     tuner, batches = tuner_for(strategy, clip_norm=None, hyper_lr=1e-3)
     for i in range(12):
         tuner.step(batches[i % len(batches)])

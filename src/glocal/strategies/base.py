@@ -38,8 +38,12 @@ class Strategy(Protocol):
     mode: str
 
     def estimate(self, trajectory: Tensor, window_end: int) -> WindowEstimate:
-        """Turn the window's recorded trajectory (n, q), rows h_0 = 0, h_k, ..., h_window, into
-        the hypergradient; ``window_end`` is the global step at which the window ends."""
+        """Turn the recorded trajectory (n, q), rows h_0 = 0, h_k, ..., h_window, into the
+        hypergradient; ``window_end`` is the global step at which the window ends.
+
+        Optional: ``keeps_trajectory(window_end) -> bool``, True when the next window goes on with
+        this trajectory (tangents not reset; the loop keeps the last ``fit_rows`` rows), so that rows
+        are realised hypergradients since the trajectory's start, not since the window's."""
         ...
 
 
@@ -65,3 +69,22 @@ def check_record_every(window: int, record_every: int | None) -> int:
     if record_every > window or window % record_every:
         raise ValueError(f"record_every={record_every}: expected a divisor of window={window} (1..{window})")
     return record_every
+
+
+def check_anchor(anchor: str, mode: str, reanchor_every: int | None) -> None:
+    """``anchor`` is "window" or "run" (forward mode only); ``reanchor_every`` a positive int or None."""
+    if anchor not in ("window", "run"):
+        raise ValueError(f"anchor={anchor!r}: expected 'window' or 'run'")
+    if anchor == "run" and mode != "forward":
+        raise ValueError("anchor='run' needs mode='forward' (a reverse-mode graph over the whole run would grow "
+                         "without bound)")
+    if reanchor_every is not None:
+        check_positive_int("reanchor_every", reanchor_every)
+
+
+def continues_trajectory(anchor: str, reanchor_every: int | None, window: int, window_end: int) -> bool:
+    """Whether the window after ``window_end`` goes on with the trajectory: with ``anchor="run"``, except
+    every ``reanchor_every`` windows (counted in steps, so that a resumed run re-anchors alike)."""
+    if anchor != "run":
+        return False
+    return reanchor_every is None or (window_end // window) % reanchor_every != 0

@@ -1,17 +1,24 @@
-"""Glocal: extrapolate the window's local hypergradients to the end of training (Koopman/DMD).
+"""Glocal: extrapolate the trajectory of hypergradients to the end of training (Koopman/DMD).
 
-The window's trajectory h_0 = 0, h_k, ..., h_tau is fitted with Hankel DMD and predicted
-``(total_steps - window_end) / record_every`` rows ahead: an estimate of the global
-hypergradient from the window's start at the cost of a local one.
+The recorded trajectory h_0 = 0, h_k, ... is fitted with Hankel DMD and predicted
+``(total_steps - window_end) / record_every`` rows ahead: an estimate of the global hypergradient
+at the cost of a local one. Where the trajectory starts is ``anchor``:
 
-Default estimator (``glocal.defaults``): affine DMD whose prediction is blended with the local
-value h_tau by their held-out errors (``fallback="weighted"``, weight w). On smooth full-batch
-dynamics w ~ 1 (the extrapolation is accurate to 1e-4) and the estimate is followed as is, sign
-changes included. Below ``trust_weight`` (minibatch training) a per-coordinate guard applies: a
-coordinate that disagrees in sign with h_tau takes h_tau, and magnitudes are capped at
-``max_ratio`` x |h_tau|. On minibatch tasks the held-out check sees one window's fraction ahead
-only, and unguarded estimates overshot the true global hypergradient by up to 12x (issue 10).
-When the fit cannot be made at all the estimator falls back to h_tau and the window is counted.
+* ``"run"`` (default in forward mode): tangents are carried across windows, so h_k is the realised
+  hypergradient of the current validation loss with respect to phi applied since the run's start
+  (real-time forward-mode HPO; phi's updates are part of the trajectory), and the fit extrapolates
+  the rest of the run. The realised part already holds the effect of overfitting that a
+  one-window hypergradient cannot see; the fit uses the last ``fit_rows`` rows.
+* ``"window"`` (reverse mode, whose graph cannot span the run): tangents reset at each window's
+  start, as in the paper; h is the window's local hypergradient.
+
+Default estimator (``glocal.defaults``): affine DMD whose prediction is blended with the last
+value by their held-out errors (``fallback="weighted"``, weight w). On smooth full-batch dynamics
+w ~ 1 and the estimate is followed as is, sign changes included. Below ``trust_weight`` (minibatch
+training) a per-coordinate guard applies: a coordinate that disagrees in sign with the last value
+takes the last value, and magnitudes are capped at ``max_ratio`` x its magnitude. When the fit
+cannot be made at all the estimator falls back to the last value and the window is counted.
+Why these defaults (measured on the no-regret suite): docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from torch import Tensor
 
 from .. import defaults
 from ..koopman import extrapolate
-from .base import WindowEstimate, check_mode, check_positive_int, check_record_every
+from .base import WindowEstimate, check_anchor, check_mode, check_positive_int, check_record_every, continues_trajectory
 
 #: options of ``glocal.koopman.extrapolate`` that Glocal uses unless told otherwise
 DEFAULT_KOOPMAN: dict[str, Any] = defaults.KOOPMAN
@@ -58,6 +65,14 @@ class Glocal:
     trust_weight: float = defaults.TRUST_WEIGHT
     #: what a coordinate that disagrees in sign with the local value becomes: "local" or "zero"
     disagree: str = defaults.DISAGREE
+    #: where the trajectory starts: "run" (tangents carried from the run's start; forward mode only) or
+    #: "window" (tangents reset at each window's start); None: "run" in forward mode, else "window"
+    anchor: str | None = None
+    #: anchor="run": start a new trajectory every this many windows (None: never). Tangents carried over
+    #: a long run of large steps can grow chaotically (sensitivity to a perturbation far in the past)
+    reanchor_every: int | None = defaults.REANCHOR_EVERY
+    #: the fit uses at most the last this many rows of the trajectory (an anchored one grows with the run)
+    fit_rows: int = defaults.FIT_ROWS
     name: str = "glocal"
     _warned_past_end: bool = field(default=False, init=False, repr=False, compare=False)
 
@@ -77,19 +92,29 @@ class Glocal:
             raise ValueError(f"max_ratio={self.max_ratio!r}: expected a finite number >= 1, or None")
         if self.disagree not in ("local", "zero"):
             raise ValueError(f"disagree={self.disagree!r}: expected 'local' or 'zero'")
+        if self.anchor is None:
+            self.anchor = defaults.ANCHOR if self.mode == "forward" else "window"
+        check_anchor(self.anchor, self.mode, self.reanchor_every)
+        check_positive_int("fit_rows", self.fit_rows, minimum=self.window // self.record_every + 1)
         if not 0 <= self.trust_weight <= 1:
             raise ValueError(f"trust_weight={self.trust_weight!r}: expected a number in [0, 1]")
         self.koopman = {**DEFAULT_KOOPMAN, **self.koopman}
+
+    def keeps_trajectory(self, window_end: int) -> bool:
+        """Whether the next window goes on with the trajectory: with ``anchor="run"``, except every
+        ``reanchor_every`` windows (counted in steps, so that a resumed run re-anchors alike)."""
+        return continues_trajectory(self.anchor, self.reanchor_every, self.window, window_end)
 
     def estimate(self, trajectory: Tensor, window_end: int) -> WindowEstimate:
         if window_end > self.total_steps and not self._warned_past_end:
             self._warned_past_end = True
             warnings.warn(f"Glocal: training ran past total_steps={self.total_steps} (window ending at step "
                           f"{window_end}); from now on there is nothing left to extrapolate to and Glocal follows "
-                          "the window's local hypergradient, as Local does. Raise total_steps to plan further.",
+                          "the last recorded hypergradient, as Local does. Raise total_steps to plan further.",
                           RuntimeWarning, stacklevel=2)
         remaining = max(0, self.total_steps - window_end)
         rows_ahead = round(remaining / self.record_every)
+        trajectory = trajectory[-self.fit_rows:]
         result = extrapolate(trajectory, rows_ahead, **self.koopman)
         value, guarded = result.value, 0
         if self.max_ratio is not None and not result.fell_back and result.weight < self.trust_weight:

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The variants of the default measured on the no-regret suite (docs/benchmarks.md, "What was tried").
+# Each line is one variant: a label and the settings it changes; results accumulate in
+# benchmarks/results/suite_variants.json (a (task, label, seed) already there is not run again), and
+# the table of all of them is written next to it. 3 seeds; about 4 min of one core per variant.
+#
+#   OMP_NUM_THREADS=1 benchmarks/bench_suite_variants.sh            # every variant
+#   OMP_NUM_THREADS=1 benchmarks/bench_suite_variants.sh local-run  # one of them
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-python}"
+JSON=benchmarks/results/suite_variants.json
+SUITE=digits-cnn-bn,seq-transformer,diabetes-mlp,digits-mlp-long,mnist1d-mlp-indep
+declare -A VARIANTS=(
+    # the outer step: a larger hyper learning rate for Local
+    [local-hyperlr0.3]="--strategies local --set hyper_lr=0.3"
+    # per-window trajectories (tangents reset at each window), as before anchoring
+    [glocal-window-guard3]="--strategies glocal --set glocal_options={\"anchor\":\"window\"} --set max_ratio=3"
+    [glocal-window-guard1]="--strategies glocal --set glocal_options={\"anchor\":\"window\"} --set max_ratio=1"
+    [glocal-window-guard10-step1]="--strategies glocal --set glocal_options={\"anchor\":\"window\"} --set max_ratio=10 --set max_step=1.0"
+    [glocal-window-zero]="--strategies glocal --set glocal_options={\"anchor\":\"window\",\"disagree\":\"zero\"} --set max_ratio=3"
+    # trajectories kept from the run's start (never re-anchored) or re-anchored every 10 windows
+    [local-run]="--strategies local --set local_options={\"anchor\":\"run\",\"reanchor_every\":null}"
+    [local-run5]="--strategies local --set local_options={\"anchor\":\"run\",\"reanchor_every\":5}"
+    [glocal-run-guard3]="--strategies glocal --set glocal_options={\"reanchor_every\":null} --set max_ratio=3"
+    [glocal-run-guard1.5]="--strategies glocal --set glocal_options={\"reanchor_every\":null} --set max_ratio=1.5"
+    [glocal-run-guard1]="--strategies glocal --set glocal_options={\"reanchor_every\":null} --set max_ratio=1"
+    [glocal-run10-guard1]="--strategies glocal --set glocal_options={\"reanchor_every\":10} --set max_ratio=1"
+)
+labels=("$@")
+[ ${#labels[@]} -eq 0 ] && labels=("${!VARIANTS[@]}")
+for label in "${labels[@]}"; do
+    args="${VARIANTS[$label]:?unknown variant $label; known: ${!VARIANTS[*]}}"
+    # shellcheck disable=SC2086  # the settings are split into arguments on purpose
+    "$PYTHON" benchmarks/bench_suite.py --tasks "${TASKS:-$SUITE}" $args --label "$label" --json "$JSON" --no-reference
+done
