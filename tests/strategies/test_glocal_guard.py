@@ -71,8 +71,8 @@ def test_an_untrusted_fit_far_beyond_the_local_value_is_capped_and_one_at_trust_
     weight = result.diagnostics["weight"]
     raw = torch.tensor(result.diagnostics["raw_estimate"], dtype=torch.float64)
     assert not result.fell_back and weight < strategy.trust_weight  # an untrusted fit ...
-    assert (raw.abs() > 3.0 * rows[-1].abs()).any()  # ... beyond the cap
-    expected, changed = guard(raw, rows[-1], 3.0)
+    assert (raw.abs() > strategy.max_ratio * rows[-1].abs()).any()  # ... beyond the cap
+    expected, changed = guard(raw, rows[-1], strategy.max_ratio)
     assert changed > 0 and result.diagnostics["guarded"] == changed
     assert torch.equal(result.hypergradient, expected)
     # the guard is skipped when the weight is at least trust_weight: equal counts as trusted

@@ -106,7 +106,7 @@ def test_glocal_past_total_steps_warns_at_the_caller_and_looks_no_further_ahead(
     strategy = Glocal(window=10, total_steps=20, record_every=1)
     assert strategy.estimate(rows, 20).diagnostics["rows_ahead"] == 0  # at the end: nothing ahead
     message = (r"^Glocal: training ran past total_steps=20 \(window ending at step 30\); from now on there is nothing "
-               r"left to extrapolate to and Glocal follows the window's local hypergradient, as Local does\. Raise "
+               r"left to extrapolate to and Glocal follows the last recorded hypergradient, as Local does\. Raise "
                r"total_steps to plan further\.$")
     with pytest.warns(RuntimeWarning, match=message) as caught:
         result = strategy.estimate(rows, 30)
