@@ -218,7 +218,7 @@ def test_bad_tuner_states_are_refused_by_name():
                                 r"'2.bias'\], unexpected \[\]\)$"),
         (dict(state, model=extra), r"^state\['model'\]: not this model's state_dict \(missing \[\], unexpected "
                                    r"\['a', 'b', 'c'\]\)$"),
-        (dict(state, model=["0.weight"]), r"^state\['model'\]: not this model's state_dict \(missing \[\], "
+        (dict(state, model=["extra"]), r"^state\['model'\]: not this model's state_dict \(missing \[\], "
                                           r"unexpected \[\]\)$"),
         (dict(state, model=wrong), r"^state\['model'\]\['2.weight'\]: expected a tensor of shape \(3, 12\)"),
         (dict(state, rng="seed 0"), r"^state\['rng'\]: expected torch.get_rng_state\(\) output$"),

@@ -62,3 +62,18 @@ def test_drop_in_optimizer_checks_its_trainable_parameters():
         assert len(params) == len(trainable) == 3
         assert all(p is q for p, q in zip(params, trainable, strict=True))
     assert torch.equal(reducer.checks[-1][0], opt.space.raw.detach())
+
+
+def test_an_engine_without_parameters_of_its_own_is_checked_on_phi_alone():
+    """``OnlineLoop`` over a model engine (which keeps no ``params`` list) compares phi only."""
+    from glocal.loop import OnlineLoop
+
+    reference, batches = tuner_for(glocal.Local(window=1))
+    reducer = OneRankReducer()
+    space = reference.space
+    tuner = glocal.Tuner(reference.model, glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy,
+                         glocal.Local(window=1), val=reference.val, reducer=reducer)
+    loop = OnlineLoop(tuner.engine, space, glocal.Local(window=1), torch.optim.SGD([space.raw], lr=1.0))
+    assert loop.run_step(batches[0], reference.val)["updated"]
+    (raw, params), = reducer.checks
+    assert params == [] and torch.equal(raw, space.raw.detach())
