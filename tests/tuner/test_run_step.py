@@ -4,6 +4,7 @@ windows (tangents restart, recovery, divergence), each step's record, and the di
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -173,3 +174,13 @@ def test_the_drop_in_hyper_lr_is_the_first_relative_step():
         opt.step()
     local = torch.tensor(opt.history.windows[0]["local"], dtype=torch.float64)
     torch.testing.assert_close(opt.space.raw.detach() - raw0, -0.25 * torch.sign(local), rtol=1e-12, atol=0)
+
+
+def test_a_step_under_float16_autocast_is_refused_before_anything_changes():
+    """Tuner.step moves an enclosing autocast region to the model's forward passes, and checks its dtype first."""
+    from glocal.amp import FLOAT16_REFUSED
+
+    tuner, batches = tuner_for(glocal.Local(window=2))
+    with pytest.raises(ValueError, match=f"^{re.escape(FLOAT16_REFUSED)}$"), torch.autocast("cpu", dtype=torch.float16):
+        tuner.step(batches[0])
+    assert tuner.step_count == 0
