@@ -238,3 +238,37 @@ def test_reverse_mode_is_checkpointed_at_window_ends_only():
         tuner.state_dict()
     tuner.step(batches[1])
     assert tuner.state_dict()["steps_in_window"] == 0
+
+
+def test_a_checkpoint_does_not_grow_with_the_run():
+    tuner, batches = tuner_for(glocal.Local(window=2))
+    tuner.step(batches[0])
+    state = tuner.state_dict()
+    tuner.step(batches[1])
+    tuner.step(batches[2])
+    assert state["history"]["train_loss"] == tuner.history.train_loss[:1]
+
+
+def test_bad_history_raw_before_update_and_hyper_optimizer_states_are_refused_by_name():
+    tuner, batches = tuner_for(glocal.Local(window=2))
+    tuner.step(batches[0])
+    tuner.step(batches[1])
+    state = tuner.state_dict()
+    assert state["buffer"] == [] and state["raw_before_update"] is not None
+    history = {k: v for k, v in state["history"].items() if k != "windows"}
+    hyper = state["hyper_optimizer"]
+    groups = r"^state\['hyper_optimizer'\]: its parameter groups do not match this hyper_optimizer$"
+    cases = [
+        (dict(state, raw_before_update=torch.zeros(5, dtype=torch.float64)),
+         r"^state: buffer/raw_before_update entry 0: expected a tensor of shape \(2,\)$"),
+        (dict(state, history=history), r"^state\['history'\]: expected the keys \['train_loss', 'val_loss', "
+                                       r"'val_steps', 'windows'\]$"),
+        (dict(state, history=[]), r"^state\['history'\]: expected the keys"),
+        (dict(state, hyper_optimizer=dict(hyper, param_groups=hyper["param_groups"] * 2)), groups),
+        (dict(state, hyper_optimizer={}), groups),
+        (dict(state, hyper_optimizer="adam"), groups),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            tuner.load_state_dict(bad)
+    tuner.load_state_dict(state)
