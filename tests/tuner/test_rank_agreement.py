@@ -21,6 +21,12 @@ class OneRankReducer:
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
+    def sync_start(self, model, raw) -> None:
+        self.synced = (model, raw)
+
+    def broadcast_(self, tensors, what: str = "tensors") -> None:  # from rank 0 to itself: nothing moves
+        pass
+
     def check_agree(self, raw: torch.Tensor, params=()) -> None:
         self.checks.append((raw.detach().clone(), list(params)))
 
@@ -32,6 +38,7 @@ def test_tuner_checks_phi_and_the_model_parameters_at_every_window_end():
     tuner = glocal.Tuner(model, glocal.optim.SGD(momentum=0.5), space, F.cross_entropy, F.cross_entropy,
                          glocal.Local(window=2), torch.optim.SGD([space.raw], lr=1.0), val=reference.val,
                          reducer=reducer)
+    assert reducer.synced[0] is model and reducer.synced[1] is space.raw  # every rank starts from rank 0's
     for i in range(4):
         tuner.step(batches[i])
         if i % 2:

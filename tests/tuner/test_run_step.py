@@ -184,3 +184,23 @@ def test_a_step_under_float16_autocast_is_refused_before_anything_changes():
     with pytest.raises(ValueError, match=f"^{re.escape(FLOAT16_REFUSED)}$"), torch.autocast("cpu", dtype=torch.float16):
         tuner.step(batches[0])
     assert tuner.step_count == 0
+
+
+def test_the_tuner_validates_with_val_loss_and_selects_the_compiled_engine():
+    model, batches, val = problem()
+    space = glocal.HyperSpace(dtype=torch.float64, lr=glocal.Log(0.05))
+
+    def half_ce(output, target):
+        return 0.5 * F.cross_entropy(output, target)
+
+    tuner = glocal.Tuner(model, glocal.optim.SGD(), space, F.cross_entropy, half_ce, glocal.Local(window=1),
+                         torch.optim.SGD([space.raw], lr=0.0), val=val)
+    record = tuner.step(batches[0])
+    with torch.no_grad():
+        assert record["val_loss"] == pytest.approx(float(half_ce(model(val[0]), val[1])), rel=1e-12)
+    from glocal.hypergrad.compiled import CompiledForwardEngine
+
+    space = glocal.HyperSpace(dtype=torch.float64, lr=glocal.Log(0.05))
+    compiled = glocal.Tuner(problem()[0], glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy,
+                            glocal.Local(window=1), val=val, compile=True)
+    assert type(compiled.engine) is CompiledForwardEngine  # compiled lazily: nothing runs here
