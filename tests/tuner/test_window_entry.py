@@ -87,3 +87,13 @@ def test_a_checkpoint_does_not_move_with_the_run():
         tuner.step(batches[i])
     assert not torch.equal(tuner.hyper_optimizer.state[tuner.space.raw]["exp_avg"], moments)
     assert torch.equal(state["hyper_optimizer"]["state"][0]["exp_avg"], moments)
+
+
+def test_every_hyper_step_that_makes_phi_non_finite_is_undone_and_counted():
+    tuner, batches = tuner_for(glocal.Local(window=2))
+    tuner.hyper_optimizer = torch.optim.SGD([tuner.space.raw], lr=math.inf)
+    raw0 = tuner.space.raw.detach().clone()
+    for i in range(4):
+        tuner.step(batches[i])
+    assert tuner.skipped_updates == 2 and torch.equal(tuner.space.raw, raw0)
+    assert [w["skipped"] for w in tuner.history.windows] == [True, True]
