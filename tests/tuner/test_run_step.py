@@ -204,3 +204,11 @@ def test_the_tuner_validates_with_val_loss_and_selects_the_compiled_engine():
     compiled = glocal.Tuner(problem()[0], glocal.optim.SGD(), space, F.cross_entropy, F.cross_entropy,
                             glocal.Local(window=1), val=val, compile=True)
     assert type(compiled.engine) is CompiledForwardEngine  # compiled lazily: nothing runs here
+
+
+def test_a_step_under_bfloat16_autocast_runs_the_model_under_it_and_restores_it():
+    tuner, batches = tuner_for(glocal.Local(window=2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        record = tuner.step(batches[0])
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    assert math.isfinite(record["train_loss"]) and tuner.engine.fmodel.autocast_dtype is None
