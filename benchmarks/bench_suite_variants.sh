@@ -6,10 +6,11 @@
 #
 #   OMP_NUM_THREADS=1 benchmarks/bench_suite_variants.sh            # every variant
 #   OMP_NUM_THREADS=1 benchmarks/bench_suite_variants.sh local-run  # one of them
+#   TASKS=mnist1d-mlp JSON=benchmarks/results/suite_extra.json benchmarks/bench_suite_variants.sh glocal-run-guard1
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python}"
-JSON=benchmarks/results/suite_variants.json
+JSON="${JSON:-benchmarks/results/suite_variants.json}"
 SUITE=digits-cnn-bn,seq-transformer,diabetes-mlp,digits-mlp-long,mnist1d-mlp-indep
 declare -A VARIANTS=(
     # the outer step: a larger hyper learning rate for Local
