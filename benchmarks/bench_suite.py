@@ -17,6 +17,7 @@ The markdown table (mean ± sample std over seeds) is printed and written next t
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import statistics
@@ -58,13 +59,17 @@ def _save(path: Path, data: dict[str, Any]) -> None:
 
 
 def _add(path: Path, meta: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
-    """Re-read the JSON (another process may have added runs), replace or add ``record``, write it back."""
-    data = _load(path)
-    data["meta"].update(meta)
-    key = (record["task"], record["strategy"], record["seed"])
-    data["records"] = [r for r in data["records"] if (r["task"], r["strategy"], r["seed"]) != key]
-    data["records"].append(record)
-    _save(path, data)
+    """Re-read the JSON (another process may have added runs), replace or add ``record``, write it back;
+    under an exclusive lock on ``PATH.lock``, so that processes sharing the file lose no record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = _load(path)
+        data["meta"].update(meta)
+        key = (record["task"], record["strategy"], record["seed"])
+        data["records"] = [r for r in data["records"] if (r["task"], r["strategy"], r["seed"]) != key]
+        data["records"].append(record)
+        _save(path, data)
     return data
 
 
