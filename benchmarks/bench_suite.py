@@ -17,6 +17,7 @@ The markdown table (mean ± sample std over seeds) is printed and written next t
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import statistics
@@ -58,13 +59,17 @@ def _save(path: Path, data: dict[str, Any]) -> None:
 
 
 def _add(path: Path, meta: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
-    """Re-read the JSON (another process may have added runs), replace or add ``record``, write it back."""
-    data = _load(path)
-    data["meta"].update(meta)
-    key = (record["task"], record["strategy"], record["seed"])
-    data["records"] = [r for r in data["records"] if (r["task"], r["strategy"], r["seed"]) != key]
-    data["records"].append(record)
-    _save(path, data)
+    """Re-read the JSON (another process may have added runs), replace or add ``record``, write it back;
+    under an exclusive lock on ``PATH.lock``, so that processes sharing the file lose no record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = _load(path)
+        data["meta"].update(meta)
+        key = (record["task"], record["strategy"], record["seed"])
+        data["records"] = [r for r in data["records"] if (r["task"], r["strategy"], r["seed"]) != key]
+        data["records"].append(record)
+        _save(path, data)
     return data
 
 
@@ -144,8 +149,11 @@ def table(data: dict[str, Any], tasks: list[str] | None = None, strategies: list
                 metric = "acc " + _mean_std([r["test_accuracy"] for r in group], 3)
             else:
                 metric = "mse " + _mean_std([r["test_loss"] for r in group], 3)
-            cpu = _mean_std([r["cpu_seconds"] / fixed_cpu[(task, r["seed"])] for r in group
-                             if "cpu_seconds" in r and (task, r["seed"]) in fixed_cpu], 1)
+            # against the untuned run timed in the same process where there is one (same load), else
+            # against the stored untuned record of the same task and seed
+            cpu = _mean_std([r["cpu_seconds"] / r.get("fixed_cpu_seconds", fixed_cpu.get((task, r["seed"]), 0.0))
+                             for r in group if "cpu_seconds" in r
+                             and (r.get("fixed_cpu_seconds") or (task, r["seed"]) in fixed_cpu)], 1)
             wall = _mean_std([r["wall_seconds"] / r["fixed_wall_seconds"] for r in group if "fixed_wall_seconds" in r],
                              1)
             lines.append(f"| {task} | {strategy} | {len(group)} | {_mean_std(val)} | {metric} | {cpu} | {wall} |")
@@ -203,7 +211,8 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="rerun what the JSON already holds")
     parser.add_argument("--no-reference", action="store_true",
                         help="do not time a fixed run per (task, seed) (quicker variant runs; no time ratios)")
-    parser.add_argument("--table-only", action="store_true", help="print the table of the JSON, run nothing")
+    parser.add_argument("--table-only", action="store_true",
+                        help="print the table of the JSON (and rewrite its .md), run nothing")
     args = parser.parse_args()
     overrides = {}
     for item in args.set:
@@ -220,8 +229,8 @@ def main() -> None:
                    overrides, args.label, args.force, not args.no_reference)
     text = table(data) + "\n" + matrix(data) + "\n" + acceptance(data)
     print(text)
+    args.json.with_suffix(".md").write_text(f"Command: `{data['meta'].get('command', '')}`\n\n{text}")
     if not args.table_only:
-        args.json.with_suffix(".md").write_text(f"Command: `{data['meta']['command']}`\n\n{text}")
         print(f"wrote {args.json} and {args.json.with_suffix('.md')} in {time.perf_counter() - started:.0f} s")
 
 

@@ -6,26 +6,28 @@
 #
 #   OMP_NUM_THREADS=1 benchmarks/bench_suite_variants.sh            # every variant
 #   OMP_NUM_THREADS=1 benchmarks/bench_suite_variants.sh local-run  # one of them
+#   TASKS=mnist1d-mlp JSON=benchmarks/results/suite_extra.json benchmarks/bench_suite_variants.sh glocal-run-guard1
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python}"
-JSON=benchmarks/results/suite_variants.json
+JSON="${JSON:-benchmarks/results/suite_variants.json}"
 SUITE=digits-cnn-bn,seq-transformer,diabetes-mlp,digits-mlp-long,mnist1d-mlp-indep
 declare -A VARIANTS=(
     # the outer step: a larger hyper learning rate for Local
     [local-hyperlr0.3]="--strategies local --set hyper_lr=0.3"
     # per-window trajectories (tangents reset at each window), as before anchoring
-    [glocal-window-guard3]="--strategies glocal --set glocal_options={\"anchor\":\"window\"} --set max_ratio=3"
-    [glocal-window-guard1]="--strategies glocal --set glocal_options={\"anchor\":\"window\"} --set max_ratio=1"
-    [glocal-window-guard10-step1]="--strategies glocal --set glocal_options={\"anchor\":\"window\"} --set max_ratio=10 --set max_step=1.0"
-    [glocal-window-zero]="--strategies glocal --set glocal_options={\"anchor\":\"window\",\"disagree\":\"zero\"} --set max_ratio=3"
+    [glocal-window-guard3]="--strategies glocal --set glocal_options={\"anchor\":\"window\",\"untrusted\":\"guard\"} --set max_ratio=3"
+    [glocal-window-guard1]="--strategies glocal --set glocal_options={\"anchor\":\"window\",\"untrusted\":\"guard\"} --set max_ratio=1"
+    [glocal-window-guard10-step1]="--strategies glocal --set glocal_options={\"anchor\":\"window\",\"untrusted\":\"guard\"} --set max_ratio=10 --set max_step=1.0"
+    [glocal-window-zero]="--strategies glocal --set glocal_options={\"anchor\":\"window\",\"disagree\":\"zero\",\"untrusted\":\"guard\"} --set max_ratio=3"
     # trajectories kept from the run's start (never re-anchored) or re-anchored every 10 windows
     [local-run]="--strategies local --set local_options={\"anchor\":\"run\",\"reanchor_every\":null}"
     [local-run5]="--strategies local --set local_options={\"anchor\":\"run\",\"reanchor_every\":5}"
-    [glocal-run-guard3]="--strategies glocal --set glocal_options={\"reanchor_every\":null} --set max_ratio=3"
-    [glocal-run-guard1.5]="--strategies glocal --set glocal_options={\"reanchor_every\":null} --set max_ratio=1.5"
-    [glocal-run-guard1]="--strategies glocal --set glocal_options={\"reanchor_every\":null} --set max_ratio=1"
-    [glocal-run10-guard1]="--strategies glocal --set glocal_options={\"reanchor_every\":10} --set max_ratio=1"
+    [glocal-run-guard3]="--strategies glocal --set glocal_options={\"reanchor_every\":null,\"untrusted\":\"guard\"} --set max_ratio=3"
+    [glocal-run-guard1.5]="--strategies glocal --set glocal_options={\"reanchor_every\":null,\"untrusted\":\"guard\"} --set max_ratio=1.5"
+    [glocal-run-guard1]="--strategies glocal --set glocal_options={\"reanchor_every\":null,\"untrusted\":\"guard\"} --set max_ratio=1"
+    [glocal-run5-guard1]="--strategies glocal --set glocal_options={\"untrusted\":\"guard\"} --set max_ratio=1"
+    [glocal-run10-guard1]="--strategies glocal --set glocal_options={\"reanchor_every\":10,\"untrusted\":\"guard\"} --set max_ratio=1"
 )
 labels=("$@")
 [ ${#labels[@]} -eq 0 ] && labels=("${!VARIANTS[@]}")

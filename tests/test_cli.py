@@ -35,6 +35,9 @@ def test_tasks_lists_every_task(capsys):
         (["run", "--task", "quadratic"], "--strategy"),
         (["frobnicate"], "invalid choice"),
         (["run", "--task", "mnist1d-imbalanced", "--strategy", "local", "--compile"], "hparams"),
+        (["run", "--task", "mnist1d-noisy", "--strategy", "glocal", "--anchor", "run"],
+         "--anchor run: anchor='run' needs mode='forward'"),
+        (["run", "--task", "quadratic", "--strategy", "glocal", "--anchor", "start"], "invalid choice"),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(argv, fragment, capsys):
@@ -95,3 +98,15 @@ def test_flags_override_task_recommended_settings():
 
     assert (plain.hyper_optimizer, plain.hyper_lr, plain.window, plain.clip_norm, plain.max_ratio) == (
         defaults.HYPER_OPTIMIZER, defaults.HYPER_LR, defaults.WINDOW, defaults.CLIP_NORM, defaults.MAX_RATIO)
+
+
+@pytest.mark.parametrize("anchor", ["window", "run"])
+def test_anchor_flag_reaches_local_and_glocal(tmp_path, anchor):
+    out = tmp_path / anchor
+    argv = ["compare", "--task", "quadratic", "--strategies", "local,glocal", "--steps", "60", "--window", "20",
+            "--record-every", "2", "--anchor", anchor, "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert {r["strategy"] for r in records} == {"local", "glocal"}
+    for r in records:
+        assert r["settings"]["glocal_options"]["anchor"] == r["settings"]["local_options"]["anchor"] == anchor

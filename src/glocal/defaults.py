@@ -37,15 +37,17 @@ ANCHOR = "run"
 REANCHOR_EVERY: int | None = 5
 #: Glocal: the Koopman fit uses at most the last this many recorded rows (twenty default windows)
 FIT_ROWS = 200
-#: Glocal: each coordinate of the estimate must agree in sign with the last realised value (else that
-#: value is used) and be at most this many times as large: 1 means an untrusted extrapolation can
-#: damp a coordinate but never push it past what was realised ...
-MAX_RATIO = 1.0
+#: Glocal: what the estimate of an untrusted fit becomes (held-out blend weight below TRUST_WEIGHT):
+#: "last" (the last recorded row, the realised hypergradient since the anchor) or "guard" (below)
+UNTRUSTED = "last"
+#: Glocal, untrusted="guard": each coordinate of the estimate must agree in sign with the last row
+#: (else that row is used) and be at most this many times as large ...
+MAX_RATIO = 3.0
 #: ... a coordinate that disagrees in sign becomes the local value ("local") or zero ("zero")
 DISAGREE = "local"
-#: ... unless the fit is trusted: its held-out error is 10x below the last value's (blend weight
-#: w = e_last^2 / (e_model^2 + e_last^2) >= 0.99, as on smooth full-batch dynamics), when the
-#: estimate is followed as is, sign changes included (the short-horizon bias glocal removes)
+#: A fit is trusted when its held-out error is 10x below the last value's (blend weight
+#: w = e_last^2 / (e_model^2 + e_last^2) >= 0.99, as on smooth full-batch dynamics): its estimate is
+#: then followed as is, sign changes included (the short-horizon bias glocal removes)
 TRUST_WEIGHT = 0.99
 
 

@@ -506,12 +506,12 @@ def run_search(task: str, inner: str = "glocal", budget_runs: float | None = 8, 
 
     def objective(trial: optuna.Trial) -> float:
         current["number"] = trial.number
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # also on a trial pruned below
         earlier = study.get_trials(deepcopy=False)
         if (_committed(earlier, total, before=trial.number) >= runs_cap
                 or _spent_seconds(earlier, before=trial.number) >= seconds_cap):
             trial.set_user_attr("reason", "budget")  # lost the race for the last budget: pruned at step 0
             raise optuna.TrialPruned
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         values = {d.target: d.suggest(trial) for d in dims}
         hyper_lr = values.pop("hyper_lr", settings.hyper_lr)
         init = {**settings.init, **values}

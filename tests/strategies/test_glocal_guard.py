@@ -24,12 +24,28 @@ def test_a_trusted_fit_is_followed_as_is():
     assert result.hypergradient[0] > 30
 
 
-def test_an_untrusted_fit_is_guarded_against_the_local_value():
+def _noisy_rows():
     gen = torch.Generator().manual_seed(0)
     steps = torch.arange(11, dtype=torch.float64)[:, None]
     rows = steps * torch.tensor([[1.0, -1e-3]]) + torch.randn(11, 2, generator=gen, dtype=torch.float64) * 2.0
     rows[:, 1] *= 1e-3
+    return rows
+
+
+def test_an_untrusted_fit_follows_the_last_row_by_default():
+    rows = _noisy_rows()
     strategy = Glocal(window=100, total_steps=2000, record_every=10)
+    assert strategy.untrusted == defaults.UNTRUSTED == "last"
+    result = strategy.estimate(rows, 100)
+    assert result.diagnostics["weight"] < strategy.trust_weight and not result.fell_back
+    assert torch.equal(result.hypergradient, rows[-1])
+    raw = torch.tensor(result.diagnostics["raw_estimate"], dtype=torch.float64)
+    assert result.diagnostics["guarded"] == int((raw != rows[-1]).sum()) > 0
+
+
+def test_an_untrusted_fit_is_guarded_against_the_last_row_on_request():
+    rows = _noisy_rows()
+    strategy = Glocal(window=100, total_steps=2000, record_every=10, untrusted="guard")
     assert strategy.max_ratio == defaults.MAX_RATIO
     result = strategy.estimate(rows, 100)
     assert result.diagnostics["weight"] < strategy.trust_weight
@@ -37,10 +53,15 @@ def test_an_untrusted_fit_is_guarded_against_the_local_value():
     expected, changed = guard(raw, rows[-1], defaults.MAX_RATIO)
     assert torch.equal(result.hypergradient, expected) and result.diagnostics["guarded"] == changed
     assert (result.hypergradient.abs() <= defaults.MAX_RATIO * rows[-1].abs() + 1e-15).all()
-    three = Glocal(window=100, total_steps=2000, record_every=10, max_ratio=3.0).estimate(rows, 100)
-    assert torch.equal(three.hypergradient, guard(raw, rows[-1], 3.0)[0])
-    off = Glocal(window=100, total_steps=2000, record_every=10, max_ratio=None).estimate(rows, 100)
+    one = Glocal(window=100, total_steps=2000, record_every=10, untrusted="guard", max_ratio=1.0).estimate(rows, 100)
+    assert torch.equal(one.hypergradient, guard(raw, rows[-1], 1.0)[0])
+    off = Glocal(window=100, total_steps=2000, record_every=10, untrusted="guard", max_ratio=None).estimate(rows, 100)
     assert torch.equal(off.hypergradient, raw)
+
+
+def test_bad_untrusted():
+    with pytest.raises(ValueError, match="untrusted='guess': expected 'last' or 'guard'"):
+        Glocal(untrusted="guess")
 
 
 @pytest.mark.parametrize("bad", [0.5, float("inf"), float("nan")])

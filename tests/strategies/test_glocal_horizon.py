@@ -67,7 +67,7 @@ def test_default_record_every_is_a_tenth_of_the_window():
 def test_default_estimator_is_affine_dmd_blended_by_held_out_errors():
     """Glocal uses fallback="weighted" (docs/koopman.md), not extrapolate's own default "holdout"."""
     assert DEFAULT_KOOPMAN == {"model": "affine", "fallback": "weighted"}
-    strategy = glocal.Glocal(window=40, total_steps=400, record_every=1, max_ratio=None)  # the estimator alone
+    strategy = glocal.Glocal(window=40, total_steps=400, record_every=1, untrusted="guard", max_ratio=None)  # as is
     assert strategy.koopman == DEFAULT_KOOPMAN
     # on a random walk the hold-out check rejects the fit; the weighted estimator blends instead
     walk = torch.tensor(np.random.default_rng(3).normal(size=(41, 2)).cumsum(0))

@@ -59,9 +59,12 @@ class Glocal:
     mode: str = "forward"
     #: options for ``glocal.koopman.extrapolate``, merged over DEFAULT_KOOPMAN
     koopman: dict[str, Any] = field(default_factory=dict)
-    #: per-coordinate guard against the local value (see ``guard``); None: follow the estimate as is
+    #: what the estimate of an untrusted fit (held-out blend weight below ``trust_weight``) becomes: "last"
+    #: (the last recorded row: the realised hypergradient) or "guard" (see ``guard``: ``max_ratio``, ``disagree``)
+    untrusted: str = defaults.UNTRUSTED
+    #: untrusted="guard": per-coordinate guard against the last row (see ``guard``); None: the estimate as is
     max_ratio: float | None = defaults.MAX_RATIO
-    #: the guard is skipped when the fit's held-out blend weight is at least this (a trusted fit)
+    #: a fit whose held-out blend weight is at least this is trusted: its estimate is followed as is
     trust_weight: float = defaults.TRUST_WEIGHT
     #: what a coordinate that disagrees in sign with the local value becomes: "local" or "zero"
     disagree: str = defaults.DISAGREE
@@ -92,6 +95,8 @@ class Glocal:
             raise ValueError(f"max_ratio={self.max_ratio!r}: expected a finite number >= 1, or None")
         if self.disagree not in ("local", "zero"):
             raise ValueError(f"disagree={self.disagree!r}: expected 'local' or 'zero'")
+        if self.untrusted not in ("last", "guard"):
+            raise ValueError(f"untrusted={self.untrusted!r}: expected 'last' or 'guard'")
         if self.anchor is None:
             self.anchor = defaults.ANCHOR if self.mode == "forward" else "window"
         check_anchor(self.anchor, self.mode, self.reanchor_every)
@@ -117,8 +122,12 @@ class Glocal:
         trajectory = trajectory[-self.fit_rows:]
         result = extrapolate(trajectory, rows_ahead, **self.koopman)
         value, guarded = result.value, 0
-        if self.max_ratio is not None and not result.fell_back and result.weight < self.trust_weight:
-            value, guarded = guard(value, trajectory[-1], self.max_ratio, self.disagree)
+        if not result.fell_back and result.weight < self.trust_weight:  # an untrusted fit
+            if self.untrusted == "last":
+                value = trajectory[-1]
+                guarded = int((value != result.value).sum())
+            elif self.max_ratio is not None:
+                value, guarded = guard(value, trajectory[-1], self.max_ratio, self.disagree)
         diagnostics = {
             "rank": result.rank,
             "residual": result.residual,
