@@ -87,7 +87,7 @@ def noisy_rising(noise: float = 0.5, seed: int = 0) -> torch.Tensor:
 
 def test_an_untrusted_fit_far_beyond_the_local_value_is_capped_and_one_at_trust_weight_is_not():
     rows = noisy_rising()
-    strategy = Glocal(window=100, total_steps=2000, record_every=10)
+    strategy = Glocal(window=100, total_steps=2000, record_every=10, untrusted="guard")
     result = strategy.estimate(rows, 100)
     weight = result.diagnostics["weight"]
     raw = torch.tensor(result.diagnostics["raw_estimate"], dtype=torch.float64)
@@ -97,7 +97,8 @@ def test_an_untrusted_fit_far_beyond_the_local_value_is_capped_and_one_at_trust_
     assert changed > 0 and result.diagnostics["guarded"] == changed
     assert torch.equal(result.hypergradient, expected)
     # the guard is skipped when the weight is at least trust_weight: equal counts as trusted
-    at = Glocal(window=100, total_steps=2000, record_every=10, trust_weight=weight).estimate(rows, 100)
+    at = Glocal(window=100, total_steps=2000, record_every=10, untrusted="guard",
+                trust_weight=weight).estimate(rows, 100)
     assert at.diagnostics["weight"] == weight
     assert at.diagnostics["guarded"] == 0 and torch.equal(at.hypergradient, raw)
 
@@ -106,7 +107,7 @@ def test_an_untrusted_fit_far_beyond_the_local_value_is_capped_and_one_at_trust_
 def test_a_coordinate_that_disagrees_in_sign_becomes_the_local_value_or_zero(disagree, value):
     rows = noisy_rising()
     rows[-1, 1] = 0.2  # the last local value of a falling coordinate, pushed above zero by noise
-    strategy = Glocal(window=100, total_steps=2000, record_every=10, disagree=disagree)
+    strategy = Glocal(window=100, total_steps=2000, record_every=10, untrusted="guard", disagree=disagree)
     assert strategy.disagree == disagree
     result = strategy.estimate(rows, 100)
     assert not result.fell_back and result.diagnostics["weight"] < strategy.trust_weight
