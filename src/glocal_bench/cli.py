@@ -303,17 +303,18 @@ def _preflight(task: str, settings: Settings) -> None:
             from glocal.hypergrad.compiled import CompiledForwardEngine
 
             CompiledForwardEngine(built.model, built.optimizer, built.space, built.train_loss, built.val_loss)
-        if settings.record_every is not None or settings.glocal_options.get("anchor"):
-            from glocal.strategies import Glocal
+        anchor = settings.glocal_options.get("anchor")
+        if anchor is not None:
+            from glocal.strategies.base import check_anchor
 
             try:
-                Glocal(window=settings.window, total_steps=built.total_steps, record_every=settings.record_every,
-                       mode=built.mode, anchor=settings.glocal_options.get("anchor"))
+                check_anchor(anchor, built.mode, None)
             except ValueError as error:
-                if "anchor" in str(error):
-                    raise ValueError(f"--anchor {settings.glocal_options['anchor']}: {error} (task {task} runs in "
-                                     f"{built.mode} mode)") from None
-                raise
+                raise ValueError(f"--anchor {anchor}: {error} (task {task} runs in {built.mode} mode)") from None
+        if settings.record_every is not None:
+            from glocal.strategies import Glocal
+
+            Glocal(window=settings.window, total_steps=built.total_steps, record_every=settings.record_every)
         parallel.check_task(built, settings.compile)  # under torchrun only
     except ValueError as error:
         raise UsageError(f"glocal: {error}") from None

@@ -242,7 +242,8 @@ def write_report(out: Path, records: Sequence[dict[str, Any]], title: str, comma
     if command:
         text += [f"Command: `{command}`", ""]
     text += [markdown_table(summary_rows(records)), ""]
-    text += [" ".join(in_plain_words(records)), ""] if in_plain_words(records) else []
+    words = in_plain_words(records)
+    text += [" ".join(words), ""] if words else []
     text += [f"- {line}" for line in warnings(records)]
     text += [""] if warnings(records) else []
     text += [f"![{p}]({p})" for p in plots]
