@@ -176,3 +176,32 @@ def test_the_hyperparameters_are_computed_in_the_model_dtype():
     assert h64.dtype == DT and h32.dtype == torch.float32
     assert torch.equal(h64.float(), h32)
     assert all(torch.equal(a, b) for a, b in zip(p64 + t64 + q64, p32 + t32 + q32, strict=True))
+
+
+class BareSGD:
+    """A minimal elementwise optimizer of its own (no ``linearized_update`` attribute at all)."""
+
+    hyperparameter_names = ("lr",)
+    elementwise = True
+
+    def __init__(self, lr: float = 0.1) -> None:
+        self.lr = lr
+
+    def defaults(self) -> dict[str, float]:
+        return {"lr": self.lr}
+
+    def init(self, params, tuned=()):
+        return ()
+
+    def update(self, params, state, grads, hparams, step):
+        lr = hparams.get("lr", self.lr)
+        return tuple(p - lr * g for p, g in zip(params, grads, strict=True)), ()
+
+
+def test_an_elementwise_optimizer_without_a_linearisation_takes_the_forward_ad_path():
+    space = glocal.HyperSpace(dtype=DT, lr=glocal.Log(0.1))
+    bare = _run(BareSGD(), space)
+    reference = _run(SGD(), glocal.HyperSpace(dtype=DT, lr=glocal.Log(0.1)))
+    for xs, ys in zip(bare, reference, strict=True):
+        for x, y in zip(xs, ys, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-15)
