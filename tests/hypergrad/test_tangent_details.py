@@ -143,10 +143,28 @@ def test_one_hyperparameter_on_the_forward_ad_path_matches_the_hand_written_one(
             torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
 
 
+class NotElementwise(CountingSGD):
+    """Declared not elementwise: the generic vmap(jvp) path, even though a linearisation exists."""
+
+    elementwise = False
+
+
 def test_the_hand_written_linearisation_is_used_when_the_optimizer_has_one():
     CountingSGD.calls = 0
     _run(CountingSGD(momentum=0.9), glocal.HyperSpace(dtype=DT, lr=glocal.Log(0.1)), steps=2)
     assert CountingSGD.calls == 2
+    CountingSGD.calls = 0
+    _run(NotElementwise(momentum=0.9), glocal.HyperSpace(dtype=DT, lr=glocal.Log(0.1)), steps=2)
+    assert CountingSGD.calls == 0
+
+
+def test_per_group_values_need_the_elementwise_path():
+    params = (torch.zeros(3, dtype=DT), torch.zeros(2, dtype=DT))
+    per_group = glocal.HyperSpace(dtype=DT, lr=glocal.Log(torch.tensor([0.1, 0.2], dtype=DT)))
+    message = (r"^per-group hyperparameters need an elementwise optimizer \(glocal.optim.SGD / AdamW\) "
+               r"over parameters of one dtype and device$")
+    with pytest.raises(ValueError, match=message):
+        TangentPropagator(NotElementwise(), per_group, params, (), groups=[0, 1])
 
 
 def test_the_hyperparameters_are_computed_in_the_model_dtype():
@@ -205,3 +223,17 @@ def test_an_elementwise_optimizer_without_a_linearisation_takes_the_forward_ad_p
     for xs, ys in zip(bare, reference, strict=True):
         for x, y in zip(xs, ys, strict=True):
             torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-15)
+
+
+class Unnamed(BareSGD):
+    """As BareSGD; the entries are given by ``names`` (the optimizer lists none)."""
+
+    hyperparameter_names = property(lambda self: (_ for _ in ()).throw(AttributeError("none")))
+
+
+def test_an_optimizer_that_lists_no_names_is_tuned_through_the_given_names():
+    space = glocal.HyperSpace(dtype=DT, lr=glocal.Log(0.1))
+    params = (torch.randn(3, dtype=DT),)
+    prop = TangentPropagator(Unnamed(), space, params, (), names={"lr": "lr"})
+    assert prop.names == {"lr": "lr"}
+    assert TangentPropagator(Unnamed(), space, params, ()).names == {}  # nothing known, nothing named
