@@ -118,6 +118,10 @@ def test_bad_batches_name_the_argument(mode):
     batches, val = data(1)
     with pytest.raises(ValueError, match=r"^train_batch: expected a tuple \(inputs, targets, \.\.\.\), got Tensor$"):
         engine.step(batches[0][0])
+    with pytest.raises(ValueError, match=r"^train_batch: expected a tuple \(inputs, targets, \.\.\.\), got tuple$"):
+        engine.step((batches[0][0],))  # no targets
+    with pytest.raises(ValueError, match=r"^train_batch: .*, got int$"):
+        engine.step(3)
     engine.step(batches[0])
     with pytest.raises(ValueError, match=r"^val_batch: expected a tuple \(inputs, targets, \.\.\.\), got Tensor$"):
         engine.hypergradient(val[0])
