@@ -287,3 +287,13 @@ def test_the_api_names_the_empty_argument():
     _, val = data(1)
     with pytest.raises(ValueError, match=r"^train_batches: expected at least one batch$"):
         glocal.hypergradient(mlp(), glocal.optim.SGD(), space(), [], val, F.mse_loss)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_loss_must_return_a_scalar_tensor(mode):
+    batches, _ = data(1)
+    for bad in (lambda output, target: F.mse_loss(output, target, reduction="none"),  # a tensor of losses
+                lambda output, target: 1.0):  # not a tensor
+        engine = make_engine(mode, mlp(), glocal.optim.SGD(), space(), bad)
+        with pytest.raises(ValueError, match=r"^loss must return a scalar tensor$"):
+            engine.step(batches[0])
