@@ -297,3 +297,22 @@ def test_a_loss_must_return_a_scalar_tensor(mode):
         engine = make_engine(mode, mlp(), glocal.optim.SGD(), space(), bad)
         with pytest.raises(ValueError, match=r"^loss must return a scalar tensor$"):
             engine.step(batches[0])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_frozen_parameters_take_part_in_the_forward_and_stay_unchanged(mode):
+    model = mlp()
+    model[0].weight.requires_grad_(False)
+    reference = copy.deepcopy(model)
+    frozen = model[0].weight.detach().clone()
+    batches, _ = data()
+    engine = make_engine(mode, model, glocal.optim.SGD(), space(), F.mse_loss)
+    torch_opt = torch.optim.SGD([p for p in reference.parameters() if p.requires_grad], lr=0.1)
+    for batch in batches:
+        engine.step(batch)
+        torch_opt.zero_grad()
+        F.mse_loss(reference(batch[0]), batch[1]).backward()
+        torch_opt.step()
+    assert torch.equal(model[0].weight, frozen)
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-15)
