@@ -251,11 +251,12 @@ def test_checkpoint_keeps_skipped_steps_and_an_unaliased_snapshot(mode):
     model = mlp()
     engine = make_engine(mode, model, glocal.optim.SGD(momentum=0.5), space(), F.mse_loss)
     engine.step(batches[0])
+    engine.step(batches[1])
     engine.snapshot()
     saved_params = [p.detach().clone() for p in model.parameters()]
     engine.step((torch.full((8, 3), math.inf, dtype=DT), batches[0][1]))  # non-finite loss: skipped
-    engine.step(batches[1])
-    assert engine.skipped_steps == 1
+    assert engine.skipped_steps == 1 and engine.step_count == 2  # the rejected step is not counted
+    engine.step(batches[2])
     state = engine.state_dict()
     for t in state["snapshot"]["params"]:  # the checkpoint is a copy: changing it leaves the engine alone
         t.add_(1.0)
@@ -265,7 +266,7 @@ def test_checkpoint_keeps_skipped_steps_and_an_unaliased_snapshot(mode):
     other.load_state_dict(fresh)
     for t in fresh["snapshot"]["params"]:  # ... and loading copies it too
         t.add_(1.0)
-    assert other.skipped_steps == 1 and other.step_count == engine.step_count == 2
+    assert other.skipped_steps == 1 and other.step_count == engine.step_count == 3
     for e in (engine, other):
         assert e.restore() is True
     for p, q, v in zip(model.parameters(), other_model.parameters(), saved_params, strict=True):
@@ -316,3 +317,24 @@ def test_frozen_parameters_take_part_in_the_forward_and_stay_unchanged(mode):
     assert torch.equal(model[0].weight, frozen)
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-15)
+
+
+def test_make_engine_lists_the_modes():
+    with pytest.raises(ValueError, match=r"^mode='sideways': expected one of 'plain', 'forward', 'reverse'$"):
+        make_engine("sideways", mlp(), glocal.optim.SGD(), space(), F.mse_loss)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_under_model_autocast_the_loss_sees_the_output_in_the_parameters_dtype(mode):
+    seen = []
+
+    def loss(output, target):
+        seen.append(output.dtype)
+        return F.mse_loss(output, target)
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))  # float32
+    engine = make_engine(mode, model, glocal.optim.SGD(), space(), loss)
+    engine.fmodel.autocast_dtype = torch.bfloat16  # as glocal.amp.model_autocast sets it
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+    engine.step((x, y))
+    assert seen == [torch.float32]
