@@ -338,3 +338,29 @@ def test_under_model_autocast_the_loss_sees_the_output_in_the_parameters_dtype(m
     x, y = torch.randn(8, 3), torch.randn(8, 2)
     engine.step((x, y))
     assert seen == [torch.float32]
+
+
+def test_make_engine_picks_the_engine_and_refuses_what_it_cannot_do():
+    from glocal.hypergrad.compiled import CompiledForwardEngine
+
+    reducer = HalfEach()
+    for mode, kind in (("plain", PlainEngine), ("forward", ForwardEngine), ("reverse", ReverseEngine)):
+        engine = make_engine(mode, mlp(), glocal.optim.SGD(), space(), F.mse_loss)
+        assert type(engine) is kind and engine.reducer is None
+        assert engine.val_loss is F.mse_loss  # the validation loss defaults to the training loss
+    for mode, kind in (("plain", PlainEngine), ("reverse", ReverseEngine)):  # compile applies to forward only
+        assert type(make_engine(mode, mlp(), glocal.optim.SGD(), space(), F.mse_loss, compile=True)) is kind
+    val_loss = F.l1_loss
+    for mode in ("plain", "forward"):
+        engine = make_engine(mode, mlp(), glocal.optim.SGD(), space(), F.mse_loss, val_loss, reducer=reducer)
+        assert engine.reducer is reducer and engine.val_loss is val_loss and engine.train_loss is F.mse_loss
+    compiled = make_engine("forward", mlp(), glocal.optim.SGD(), space(), F.mse_loss, val_loss, compile=True)
+    assert type(compiled) is CompiledForwardEngine and compiled.val_loss is val_loss
+    message = (r"^mode='reverse' with a reducer: data-parallel tuning supports the forward and plain modes "
+               r"\(strategies Local/Glocal in forward mode, Fixed\); run reverse mode in one process, or "
+               r"pass reducer=None to train each process on its own$")
+    with pytest.raises(ValueError, match=message):
+        make_engine("reverse", mlp(), glocal.optim.SGD(), space(), F.mse_loss, reducer=reducer)
+    with pytest.raises(ValueError, match=r"^compile=True: the compiled forward step has no reducer hook; "
+                                         r"use compile=False$"):
+        make_engine("forward", mlp(), glocal.optim.SGD(), space(), F.mse_loss, compile=True, reducer=reducer)
