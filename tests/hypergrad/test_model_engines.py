@@ -355,7 +355,8 @@ def test_make_engine_picks_the_engine_and_refuses_what_it_cannot_do():
         engine = make_engine(mode, mlp(), glocal.optim.SGD(), space(), F.mse_loss, val_loss, reducer=reducer)
         assert engine.reducer is reducer and engine.val_loss is val_loss and engine.train_loss is F.mse_loss
     compiled = make_engine("forward", mlp(), glocal.optim.SGD(), space(), F.mse_loss, val_loss, compile=True)
-    assert type(compiled) is CompiledForwardEngine and compiled.val_loss is val_loss
+    assert type(compiled) is CompiledForwardEngine
+    assert compiled.train_loss is F.mse_loss and compiled.val_loss is val_loss
     message = (r"^mode='reverse' with a reducer: data-parallel tuning supports the forward and plain modes "
                r"\(strategies Local/Glocal in forward mode, Fixed\); run reverse mode in one process, or "
                r"pass reducer=None to train each process on its own$")
