@@ -365,3 +365,25 @@ def test_make_engine_picks_the_engine_and_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match=r"^compile=True: the compiled forward step has no reducer hook; "
                                          r"use compile=False$"):
         make_engine("forward", mlp(), glocal.optim.SGD(), space(), F.mse_loss, compile=True, reducer=reducer)
+
+
+def test_a_builtin_loss_without_signature_is_called_without_hparams():
+    from glocal.hypergrad.functional import accepts_hparams
+
+    builtin = torch._C._nn.l1_loss  # a C function: inspect.signature cannot read it
+    assert accepts_hparams(builtin) is False
+    model = mlp()
+    reference = copy.deepcopy(model)
+    batches, _ = data(1)
+    make_engine("forward", model, glocal.optim.SGD(), space(), builtin).step(batches[0])
+    torch_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    F.l1_loss(reference(batches[0][0]), batches[0][1]).backward()
+    torch_opt.step()
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-14, atol=1e-15)
+
+
+def test_a_model_without_trainable_parameters_is_refused():
+    model = mlp().requires_grad_(False)
+    with pytest.raises(ValueError, match=r"^model: it has no parameters with requires_grad=True to train$"):
+        make_engine("forward", model, glocal.optim.SGD(), space(), F.mse_loss)
