@@ -237,3 +237,10 @@ def test_an_optimizer_that_lists_no_names_is_tuned_through_the_given_names():
     prop = TangentPropagator(Unnamed(), space, params, (), names={"lr": "lr"})
     assert prop.names == {"lr": "lr"}
     assert TangentPropagator(Unnamed(), space, params, ()).names == {}  # nothing known, nothing named
+
+
+def test_an_engine_refuses_space_entries_an_optimizer_without_names_cannot_know():
+    from glocal.hypergrad import make_engine
+
+    with pytest.raises(ValueError, match=r"^space: unknown hyperparameter\(s\) \['lr'\] for Unnamed; it accepts "):
+        make_engine("forward", mlp(), Unnamed(), glocal.HyperSpace(dtype=DT, lr=glocal.Log(0.1)), F.mse_loss)
