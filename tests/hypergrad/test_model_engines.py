@@ -388,3 +388,13 @@ def test_a_model_without_trainable_parameters_is_refused():
     model = mlp().requires_grad_(False)
     with pytest.raises(ValueError, match=r"^model: it has no parameters with requires_grad=True to train$"):
         make_engine("forward", model, glocal.optim.SGD(), space(), F.mse_loss)
+
+
+def test_wrong_argument_types_name_the_argument_and_the_type_given():
+    with pytest.raises(TypeError, match=r"^model: expected a torch.nn.Module, got str$"):
+        make_engine("forward", "model", glocal.optim.SGD(), space(), F.mse_loss)
+    with pytest.raises(TypeError, match=r"^space: expected a glocal.HyperSpace, got dict$"):
+        make_engine("forward", mlp(), glocal.optim.SGD(), {"lr": 0.1}, F.mse_loss)
+    with pytest.raises(TypeError, match=r"^optimizer: expected a differentiable glocal.optim optimizer "
+                                        r"\(glocal.optim.SGD, glocal.optim.AdamW\), got SGD$"):
+        make_engine("forward", mlp(), torch.optim.SGD([torch.zeros(1, requires_grad=True)]), space(), F.mse_loss)
