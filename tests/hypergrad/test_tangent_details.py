@@ -244,3 +244,35 @@ def test_an_engine_refuses_space_entries_an_optimizer_without_names_cannot_know(
 
     with pytest.raises(ValueError, match=r"^space: unknown hyperparameter\(s\) \['lr'\] for Unnamed; it accepts "):
         make_engine("forward", mlp(), Unnamed(), glocal.HyperSpace(dtype=DT, lr=glocal.Log(0.1)), F.mse_loss)
+
+
+def test_an_entry_with_one_value_per_element_takes_the_generic_path():
+    """lr with one value per element of the single parameter (not per group): d p'/d raw_i = -lr_i g_i."""
+    lr = torch.tensor([0.1, 0.2, 0.3], dtype=DT)
+    space = glocal.HyperSpace(dtype=DT, lr=glocal.Log(lr))
+    p, g = torch.randn(3, dtype=DT), torch.randn(3, dtype=DT)
+    prop = TangentPropagator(SGD(), space, (p,), ())
+    new_p, _, t_p, _ = prop.advance((p,), (), (g,), None, 1)
+    torch.testing.assert_close(new_p[0], p - lr * g, rtol=1e-15, atol=0)
+    torch.testing.assert_close(t_p[0], torch.diag(-lr * g), rtol=1e-15, atol=0)
+
+
+class CountingState(BareSGD):
+    """Elementwise in the parameters, plus one global state tensor (a step counter): not k per parameter."""
+
+    def init(self, params, tuned=()):
+        return (torch.zeros((), dtype=params[0].dtype),)
+
+    def update(self, params, state, grads, hparams, step):
+        new_params, _ = super().update(params, (), grads, hparams, step)
+        return new_params, (state[0] + 1,)
+
+
+def test_a_state_that_is_not_one_tensor_per_parameter_takes_the_generic_path():
+    space = glocal.HyperSpace(dtype=DT, lr=glocal.Log(0.1))
+    out = _run(CountingState(), space)
+    reference = _run(SGD(), glocal.HyperSpace(dtype=DT, lr=glocal.Log(0.1)))
+    for step, (xs, ys) in enumerate(zip(out, reference, strict=True), start=1):
+        assert float(xs[2]) == step  # the counter
+        for x, y in zip(xs[:2] + xs[3:5], ys, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-15)
