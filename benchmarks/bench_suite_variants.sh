@@ -42,6 +42,10 @@ declare -A VARIANTS=(
     [glocal-w20-rp-c2]="--strategies glocal --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2"
     [local-w20-rp-c2]="--strategies local --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2"
     [glocal-w50-rp-c3]="--strategies glocal --set window=50 --set hyper_etas=[1.2,0.5] --set max_rate=0.3"
+    # ... with Glocal's trajectory re-anchored every 10 / 25 windows or never (a longer realised horizon)
+    [glocal-w20-rp-c2-r10]="--strategies glocal --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2 --set glocal_options={\"reanchor_every\":10}"
+    [glocal-w20-rp-c2-r25]="--strategies glocal --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2 --set glocal_options={\"reanchor_every\":25}"
+    [glocal-w20-rp-c2-rinf]="--strategies glocal --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2 --set glocal_options={\"reanchor_every\":null}"
 )
 labels=("$@")
 [ ${#labels[@]} -eq 0 ] && labels=("${!VARIANTS[@]}")
