@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The variants of the default measured on the no-regret suite (docs/benchmarks.md, "What was tried").
-# Each line is one variant: a label and the settings it changes; results accumulate in
+# Each line is one variant (a set of variants measured together shares a comment): a label and the settings it changes; results accumulate in
 # benchmarks/results/suite_variants.json (a (task, label, seed) already there is not run again), and
 # the table of all of them is written next to it. 3 seeds; about 4 min of one core per variant.
 #
@@ -28,6 +28,24 @@ declare -A VARIANTS=(
     [glocal-run-guard1]="--strategies glocal --set glocal_options={\"reanchor_every\":null,\"untrusted\":\"guard\"} --set max_ratio=1"
     [glocal-run5-guard1]="--strategies glocal --set glocal_options={\"untrusted\":\"guard\"} --set max_ratio=1"
     [glocal-run10-guard1]="--strategies glocal --set glocal_options={\"reanchor_every\":10,\"untrusted\":\"guard\"} --set max_ratio=1"
+    # shorter windows (more, smaller-horizon updates), for Local and Glocal alike
+    [glocal-w20]="--strategies glocal --set window=20"
+    [local-w20]="--strategies local --set window=20"
+    [glocal-w50]="--strategies glocal --set window=50"
+    [local-w50]="--strategies local --set window=50"
+    [glocal-w20-r25]="--strategies glocal --set window=20 --set glocal_options={\"reanchor_every\":25}"
+    # adaptive per-coordinate rates in RelativeSGD (etas: grow on sign agreement, shrink on a flip), capped at max_rate
+    [glocal-w20-rp]="--strategies glocal --set window=20 --set hyper_etas=[1.2,0.5]"
+    [glocal-w100-rp15]="--strategies glocal --set hyper_etas=[1.5,0.5]"
+    [glocal-w20-rp-c3]="--strategies glocal --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.3"
+    [local-w20-rp-c3]="--strategies local --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.3"
+    [glocal-w20-rp-c2]="--strategies glocal --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2"
+    [local-w20-rp-c2]="--strategies local --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2"
+    [glocal-w50-rp-c3]="--strategies glocal --set window=50 --set hyper_etas=[1.2,0.5] --set max_rate=0.3"
+    # ... with Glocal's trajectory re-anchored every 10 / 25 windows or never (a longer realised horizon)
+    [glocal-w20-rp-c2-r10]="--strategies glocal --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2 --set glocal_options={\"reanchor_every\":10}"
+    [glocal-w20-rp-c2-r25]="--strategies glocal --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2 --set glocal_options={\"reanchor_every\":25}"
+    [glocal-w20-rp-c2-rinf]="--strategies glocal --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2 --set glocal_options={\"reanchor_every\":null}"
 )
 labels=("$@")
 [ ${#labels[@]} -eq 0 ] && labels=("${!VARIANTS[@]}")

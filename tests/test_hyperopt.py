@@ -80,6 +80,20 @@ def test_state_dict_round_trip():
     assert torch.equal(raw, other_raw)
 
 
+def test_state_dict_round_trip_keeps_the_adaptive_rates():
+    raw = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    opt = RelativeSGD([raw], lr=0.1, etas=(1.5, 0.5), max_rate=0.5)
+    for grad in ([1.0, 2.0], [1.0, -2.0], [3.0, -1.0]):
+        _step(opt, raw, grad)
+    other_raw = raw.detach().clone().requires_grad_(True)
+    other = RelativeSGD([other_raw], lr=0.1)
+    other.load_state_dict(opt.state_dict())
+    for grad in ([1.0, -1.0], [-1.0, -1.0]):
+        _step(opt, raw, grad)
+        _step(other, other_raw, grad)
+    assert torch.equal(raw, other_raw)
+
+
 def test_defaults_build_the_named_hyper_optimizers():
     raw = torch.zeros(2, requires_grad=True)
     assert isinstance(defaults.hyper_optimizer(raw), RelativeSGD)
@@ -87,3 +101,46 @@ def test_defaults_build_the_named_hyper_optimizers():
     assert isinstance(defaults.hyper_optimizer(raw, "adam", 0.1), torch.optim.Adam)
     with pytest.raises(ValueError, match="hyper_optimizer"):
         defaults.hyper_optimizer(raw, "lbfgs")
+
+
+def test_adaptive_rates_equal_torch_rprop_when_each_coordinate_keeps_its_magnitude():
+    # |g_i| constant per coordinate: the running RMS is |g_i| exactly, the ratio is sign(g_i), and
+    # RelativeSGD with etas is iRprop- (torch.optim.Rprop): grow on agreement, shrink and skip on a flip
+    generator = torch.Generator().manual_seed(0)
+    magnitudes = torch.tensor([3.0, 1e-4, 20.0, 0.5], dtype=torch.float64)
+    raw = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    reference = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    ours = RelativeSGD([raw], lr=0.1, max_step=1.0, etas=(1.5, 0.5), max_rate=0.7)
+    theirs = torch.optim.Rprop([reference], lr=0.1, etas=(0.5, 1.5), step_sizes=(0.1 * 0.5 ** 8, 0.7))
+    for _ in range(30):
+        signs = torch.where(torch.rand(4, generator=generator) < 0.7, 1.0, -1.0).to(torch.float64)
+        _step(ours, raw, (signs * magnitudes).tolist())
+        reference.grad = signs * magnitudes
+        theirs.step()
+        assert torch.allclose(raw, reference, rtol=1e-12, atol=1e-15)
+
+
+def test_adaptive_rate_scales_the_relative_step_and_its_trust_region():
+    raw = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = RelativeSGD([raw], lr=0.1, max_step=0.3, etas=(2.0, 0.5), max_rate=1.0)
+    _step(opt, raw, [-1.0], local=[-1.0])  # rate 0.1, ratio 1: +0.1
+    _step(opt, raw, [-10.0], local=[-1.0])  # agreement: rate 0.2; ratio 10 capped at max_step / lr = 3: +0.6
+    assert raw.item() == pytest.approx(0.7, rel=1e-12)
+    _step(opt, raw, [1.0], local=[1.0])  # a flip: rate 0.1, no step
+    assert raw.item() == pytest.approx(0.7, rel=1e-12)
+    _step(opt, raw, [1.0], local=[1.0])  # after a flip: rate kept, step -0.1
+    assert raw.item() == pytest.approx(0.6, rel=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [{"etas": (0.9, 0.5)}, {"etas": (1.2, 0.0)}, {"etas": (1.2, 1.5)},
+                                    {"etas": (1.2, 0.5), "max_rate": 0.01}, {"etas": (1.2, 0.5), "max_rate": math.inf}])
+def test_bad_adaptive_rate_arguments(kwargs):
+    with pytest.raises(ValueError, match=list(kwargs)[-1]):
+        RelativeSGD([torch.zeros(1, requires_grad=True)], lr=0.1, **kwargs)
+
+
+def test_without_adaptive_rates_a_learning_rate_above_max_rate_is_fine():
+    raw = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = RelativeSGD([raw], lr=2.0, max_step=10.0)
+    _step(opt, raw, [1.0], local=[1.0])
+    assert raw.item() == pytest.approx(-2.0, rel=1e-12)

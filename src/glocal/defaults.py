@@ -52,12 +52,13 @@ TRUST_WEIGHT = 0.99
 
 
 def hyper_optimizer(raw: Tensor, name: str = HYPER_OPTIMIZER, lr: float = HYPER_LR,
-                    max_step: float = MAX_STEP) -> torch.optim.Optimizer:
+                    max_step: float = MAX_STEP, etas: tuple[float, float] | None = None,
+                    max_rate: float = 1.0) -> torch.optim.Optimizer:
     """The default hyper-optimizer over ``raw`` (``space.raw``), or the named torch one with ``lr``."""
     from .hyperopt import RelativeSGD
 
     if name == "relative":
-        return RelativeSGD([raw], lr=lr, beta=RMS_BETA, max_step=max_step)
+        return RelativeSGD([raw], lr=lr, beta=RMS_BETA, max_step=max_step, etas=etas, max_rate=max_rate)
     if name == "sgd":
         return torch.optim.SGD([raw], lr=lr)
     if name == "adam":

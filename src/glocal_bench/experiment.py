@@ -61,6 +61,9 @@ class Settings:
     clip_norm: float | None = defaults.CLIP_NORM
     #: RelativeSGD's per-coordinate trust region per window (hyper_optimizer "relative")
     max_step: float = defaults.MAX_STEP
+    #: RelativeSGD's per-coordinate rate adaptation (grow, shrink) and its largest rate
+    hyper_etas: tuple[float, float] | None = None
+    max_rate: float = 1.0
     #: Glocal's per-coordinate guard against the local value (None: off)
     max_ratio: float | None = defaults.MAX_RATIO
     #: other ``glocal.Glocal`` options (e.g. ``{"disagree": "zero"}``), for experiments
@@ -102,7 +105,8 @@ def build_task(name: str, seed: int, settings: Settings) -> Task:
 
 
 def _hyper_optimizer(task: Task, settings: Settings) -> torch.optim.Optimizer:
-    return defaults.hyper_optimizer(task.space.raw, settings.hyper_optimizer, settings.hyper_lr, settings.max_step)
+    return defaults.hyper_optimizer(task.space.raw, settings.hyper_optimizer, settings.hyper_lr, settings.max_step,
+                                     settings.hyper_etas, settings.max_rate)
 
 
 def validation_loss(task: Task) -> float:
