@@ -86,3 +86,28 @@ def test_device_is_honoured():
     """The meta device (no storage) shows where raw lives without needing a GPU."""
     space = glocal.HyperSpace(lr=glocal.Log(0.1), device="meta")
     assert space.raw.device.type == "meta" and space.raw.is_leaf
+
+
+def test_bad_space_states_are_refused_with_their_message():
+    space = glocal.HyperSpace(lr=glocal.Log(0.1), w=glocal.Log(torch.tensor([1.0, 2.0])), dtype=torch.float64)
+    mapping = r"^space state: expected a mapping with a 'raw' tensor \(from HyperSpace.state_dict\(\)\)$"
+    for bad in ([1.0], {}):
+        with pytest.raises(ValueError, match=mapping):
+            space.load_state_dict(bad)
+    with pytest.raises(ValueError, match=r"^space state 'raw': expected a floating-point tensor, got Tensor of "
+                                         r"dtype torch.int64$"):
+        space.load_state_dict({"raw": torch.zeros(3, dtype=torch.long)})
+    with pytest.raises(ValueError, match=r"^space state 'raw': expected a floating-point tensor, got list$"):
+        space.load_state_dict({"raw": [0.0, 0.0, 0.0]})
+    with pytest.raises(ValueError, match=r"^space state 'raw': not finite at lr, w\[1\]$"):
+        space.load_state_dict({"raw": torch.tensor([math.nan, 0.0, math.inf], dtype=torch.float64)})
+
+
+def test_initial_values_at_the_bounds_are_accepted_and_outside_named():
+    assert glocal.HyperSpace(lr=glocal.Log(1e-8), dtype=torch.float64).to_dict()["lr"] == pytest.approx(1e-8)
+    assert glocal.HyperSpace(lr=glocal.Log(10.0), dtype=torch.float64).to_dict()["lr"] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match=r"^hyperparameter 'lr'=100 is outside its bounds \[1e-08, 10\]; "
+                                         r"declare wider ones, e.g. Log\(value, low=\.\.\., high=\.\.\.\)$"):
+        glocal.HyperSpace(lr=glocal.Log(100.0))
+    with pytest.raises(ValueError, match=r"expected a real number or a real tensor, a value > 0$"):
+        glocal.HyperSpace(lr=glocal.Log("0.1"))
