@@ -75,6 +75,19 @@ _positive_int = _positive(int)
 _positive_float = _positive(float)
 
 
+def _etas(text: str) -> tuple[float, float] | str:
+    """``GROW,SHRINK`` (GROW >= 1, 0 < SHRINK <= 1) or ``none``."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        grow, shrink = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected GROW,SHRINK (e.g. 1.2,0.5) or none") from None
+    if not (0.0 < shrink <= 1.0 <= grow < math.inf):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected GROW >= 1 and 0 < SHRINK <= 1")
+    return grow, shrink
+
+
 def _tuning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=_positive_int, default=None,
                         help=f"steps per window (default {Settings.window}, or the task's recommended value)")
@@ -87,6 +100,10 @@ def _tuning_options(parser: argparse.ArgumentParser) -> None:
                         help=f"optimizer of phi (default {Settings.hyper_optimizer}: per-coordinate steps in units "
                         "of the local hypergradient with a trust region; sgd: plain SGD on raw phi; adam: for tasks "
                         "that recommend it, e.g. per-sample weights)")
+    parser.add_argument("--hyper-etas", type=_etas, default=None, metavar="GROW,SHRINK|none",
+                        help="relative hyper-optimizer: per-coordinate rates grow by GROW while a hyperparameter's "
+                        "hypergradient keeps its sign and shrink by SHRINK when it flips, up to twice --hyper-lr "
+                        f"(default {','.join(map(str, defaults.HYPER_ETAS or ())) or 'none'}; none: a constant rate)")
     parser.add_argument("--anchor", choices=("run", "window"), default=None,
                         help="local/glocal: where the hypergradient trajectory starts: window (tangents reset at "
                         "each window: the window's local hypergradient) or run (kept across windows, re-anchored "
@@ -287,6 +304,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     given = {"window": args.window, "hyper_lr": args.hyper_lr, "hyper_optimizer": args.hyper_optimizer,
              "clip_norm": args.clip}
     values.update({k: v for k, v in given.items() if v is not None})
+    if getattr(args, "hyper_etas", None) is not None:
+        values["hyper_etas"] = None if args.hyper_etas == "none" else args.hyper_etas
     if getattr(args, "anchor", None) is not None:
         values["glocal_options"] = {**values.get("glocal_options", {}), "anchor": args.anchor}
         values["local_options"] = {**values.get("local_options", {}), "anchor": args.anchor}
