@@ -4,7 +4,8 @@
 # results accumulate in
 # benchmarks/results/suite_variants.json (a (task, label, seed) already there is not run again), and
 # the table of all of them is written next to it. 3 seeds; about 4 min of one core per variant.
-# (local-w20-rp-c2 and glocal-w20-rp-c2-r10 are the current defaults: the suite's local and glocal rows.)
+# (local-w20-rp-c2 is the current Local default; the current Glocal default, the suite's glocal rows,
+# is glocal-w20-rp-c2-r10-rec2 recording every 5 steps instead of 2.)
 #
 #   OMP_NUM_THREADS=1 benchmarks/bench_suite_variants.sh            # every variant
 #   OMP_NUM_THREADS=1 benchmarks/bench_suite_variants.sh local-run  # one of them
@@ -49,8 +50,9 @@ declare -A VARIANTS=(
     [glocal-w20-rp-c2]="--strategies glocal --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2 --set glocal_options={\"reanchor_every\":5}"
     [local-w20-rp-c2]="--strategies local --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2"
     [glocal-w50-rp-c3]="--strategies glocal --set window=50 --set hyper_etas=[1.2,0.5] --set max_rate=0.3 --set glocal_options={\"reanchor_every\":5}"
-    # ... with Glocal's trajectory re-anchored every 10 windows (the new default: glocal in suite.json),
-    # every 25 or never (a longer realised horizon)
+    # ... with Glocal's trajectory re-anchored every 10 windows (recording every 2 steps), every 25 or
+    # never (a longer realised horizon)
+    [glocal-w20-rp-c2-r10-rec2]="--strategies glocal --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2 --set record_every=2 --set glocal_options={\"reanchor_every\":10}"
     [glocal-w20-rp-c2-r25]="--strategies glocal --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2 --set glocal_options={\"reanchor_every\":25}"
     [glocal-w20-rp-c2-rinf]="--strategies glocal --set window=20 --set hyper_etas=[1.2,0.5] --set max_rate=0.2 --set glocal_options={\"reanchor_every\":null}"
 )

@@ -16,8 +16,8 @@ from torch import Tensor
 
 #: steps per window (the hyperparameters are updated at each window's end)
 WINDOW = 20
-#: Glocal records h every ``window // RECORD_POINTS`` steps (ten points per window)
-RECORD_POINTS = 10
+#: Glocal records h every ``window // RECORD_POINTS`` steps (four points per window, every 5 steps)
+RECORD_POINTS = 4
 #: the hyper-optimizer: "relative" (RelativeSGD), "sgd" or "adam" (torch.optim over space.raw)
 HYPER_OPTIMIZER = "relative"
 #: its learning rate: RelativeSGD moves each raw coordinate by about this per window (local units)
@@ -41,7 +41,7 @@ KOOPMAN: dict[str, Any] = {"model": "affine", "fallback": "weighted"}
 ANCHOR = "run"
 #: ... and starts a new trajectory every this many windows (None: never)
 REANCHOR_EVERY: int | None = 10
-#: Glocal: the Koopman fit uses at most the last this many recorded rows (twenty windows of records)
+#: Glocal: the Koopman fit uses at most the last this many recorded rows (the last 1000 steps at the default spacing)
 FIT_ROWS = 200
 #: Glocal: what the estimate of an untrusted fit becomes (held-out blend weight below TRUST_WEIGHT):
 #: "last" (the last recorded row, the realised hypergradient since the anchor) or "guard" (below)

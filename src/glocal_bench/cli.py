@@ -92,7 +92,8 @@ def _tuning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=_positive_int, default=None,
                         help=f"steps per window (default {Settings.window}, or the task's recommended value)")
     parser.add_argument("--record-every", type=_positive_int, default=None,
-                        help="record h every this many steps of a window (glocal; default window/10)")
+                        help="record h every this many steps of a window "
+                        f"(glocal; default window/{defaults.RECORD_POINTS})")
     parser.add_argument("--hyper-lr", type=_positive_float, default=None,
                         help=f"learning rate of the hyper-optimizer on raw phi (default {Settings.hyper_lr}, "
                         "or the task's recommended value)")
