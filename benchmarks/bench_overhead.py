@@ -22,7 +22,7 @@ defaults (``--init`` overrides).
     python benchmarks/bench_overhead.py --task mnist1d-mlp --repeats 2 --out benchmarks/results/overhead.json
 
 Variants (``--variants``, comma-separated, each against the same plain loop):
-  glocal           the default Glocal run (window 100, record every 10, the library's default
+  glocal           the default Glocal run (the library's default window, record spacing,
                    estimator and outer step)
   local            Local (records only at window ends)
   fixed            glocal's plain engine (no tangents): the floor of glocal's own bookkeeping
@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 
+from glocal import defaults
 from glocal.strategies import Fixed, Glocal, Local
 from glocal.tuner import Tuner
 
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--variants", default="glocal")
     parser.add_argument("--repeats", type=int, default=2, help="pairs of whole runs per variant (seeds 0..)")
     parser.add_argument("--steps", type=int, default=None, help="default: the task's total steps")
-    parser.add_argument("--window", type=int, default=100)
+    parser.add_argument("--window", type=int, default=defaults.WINDOW)
     parser.add_argument("--record-every", type=int, default=None)
     parser.add_argument("--init", type=json.loads, default=None, help='JSON, e.g. {"lr": 0.0033}')
     parser.add_argument("--tuner-kw", action="append", default=[], help="extra Tuner keyword key=value")

@@ -90,14 +90,28 @@ def test_flags_override_task_recommended_settings():
     noisy = _settings(parse(["run", "--task", "mnist1d-noisy", "--strategy", "local"]))
     assert (noisy.hyper_optimizer, noisy.hyper_lr, noisy.window) == ("adam", 0.1, 50)
     forced = _settings(parse(["run", "--task", "mnist1d-noisy", "--strategy", "local", "--hyper-optimizer", "sgd",
-                              "--window", "20"]))
-    assert (forced.hyper_optimizer, forced.window) == ("sgd", 20)
+                              "--window", "30"]))
+    assert (forced.hyper_optimizer, forced.window) == ("sgd", 30)
     plain = _settings(parse(["run", "--task", "mnist1d-mlp", "--strategy", "local"]))
-    assert (plain.hyper_optimizer, plain.hyper_lr, plain.window, plain.clip_norm) == ("relative", 0.1, 100, None)
+    assert (plain.hyper_optimizer, plain.hyper_lr, plain.window, plain.clip_norm) == ("relative", 0.1, 20, None)
     from glocal import defaults  # the CLI's defaults are the library's (one module)
 
     assert (plain.hyper_optimizer, plain.hyper_lr, plain.window, plain.clip_norm, plain.max_ratio) == (
         defaults.HYPER_OPTIMIZER, defaults.HYPER_LR, defaults.WINDOW, defaults.CLIP_NORM, defaults.MAX_RATIO)
+
+
+def test_hyper_etas_flag_sets_or_switches_off_the_adaptive_rates():
+    from glocal import defaults
+    from glocal_bench.cli import UsageError, _settings, build_parser
+
+    parse = build_parser().parse_args
+    run = ["run", "--task", "quadratic", "--strategy", "glocal"]
+    assert _settings(parse(run)).hyper_etas == defaults.HYPER_ETAS
+    assert _settings(parse([*run, "--hyper-etas", "none"])).hyper_etas is None
+    assert _settings(parse([*run, "--hyper-etas", "1.5,0.25"])).hyper_etas == (1.5, 0.25)
+    for bad in ("0.9,0.5", "1.2", "1.2,0"):
+        with pytest.raises(UsageError, match="--hyper-etas"):
+            parse([*run, "--hyper-etas", bad])
 
 
 @pytest.mark.parametrize("anchor", ["window", "run"])

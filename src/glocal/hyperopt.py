@@ -19,7 +19,8 @@ trust region ``max_step``. Without a reference (``set_reference`` never called: 
 
 Optionally (``etas=(grow, shrink)``) ``lr`` becomes a per-coordinate rate adapted as in iRprop-
 (``torch.optim.Rprop``): it grows while the coordinate's hypergradient keeps its sign and shrinks,
-with no step, when the sign flips, up to ``max_rate``; the trust region scales with it. Off by
+with no step, when the sign flips, up to ``max_rate`` (default ``2 * lr``); the trust region scales
+with it. Off by
 default (measured in docs/benchmarks.md: it travels far along a consistent direction, which helps
 and can also drive a learning rate into instability).
 """
@@ -41,7 +42,7 @@ class RelativeSGD(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 0.1, beta: float = 0.9,
                  max_step: float = 0.3, eps: float = 1e-30,
-                 etas: tuple[float, float] | None = None, max_rate: float = 1.0) -> None:
+                 etas: tuple[float, float] | None = None, max_rate: float | None = None) -> None:
         for name, value, low, high in (("lr", lr, 0.0, math.inf), ("max_step", max_step, 0.0, math.inf),
                                        ("eps", eps, 0.0, math.inf)):
             if not (low < value < high):
@@ -50,6 +51,7 @@ class RelativeSGD(torch.optim.Optimizer):
             raise ValueError(f"beta={beta!r}: expected a number in [0, 1)")
         if etas is not None and not (0.0 < etas[1] <= 1.0 <= etas[0] < math.inf):
             raise ValueError(f"etas={etas!r}: expected (grow, shrink) with grow >= 1 and 0 < shrink <= 1")
+        max_rate = 2.0 * lr if max_rate is None else max_rate  # by default a rate at most doubles
         if etas is not None and not lr <= max_rate < math.inf:
             raise ValueError(f"max_rate={max_rate!r}: expected a finite number >= lr={lr!r}")
         super().__init__(params, {"lr": lr, "beta": beta, "max_step": max_step, "eps": eps,

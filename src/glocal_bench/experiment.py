@@ -62,8 +62,9 @@ class Settings:
     #: RelativeSGD's per-coordinate trust region per window (hyper_optimizer "relative")
     max_step: float = defaults.MAX_STEP
     #: RelativeSGD's per-coordinate rate adaptation (grow, shrink) and its largest rate
-    hyper_etas: tuple[float, float] | None = None
-    max_rate: float = 1.0
+    hyper_etas: tuple[float, float] | None = defaults.HYPER_ETAS
+    #: None: defaults.MAX_RATE_FACTOR x hyper_lr
+    max_rate: float | None = None
     #: Glocal's per-coordinate guard against the local value (None: off)
     max_ratio: float | None = defaults.MAX_RATIO
     #: other ``glocal.Glocal`` options (e.g. ``{"disagree": "zero"}``), for experiments

@@ -57,11 +57,12 @@ def test_last_window_has_no_horizon_left():
     torch.testing.assert_close(est.hypergradient, trajectory[-1], rtol=1e-9, atol=1e-12)
 
 
-def test_default_record_every_is_a_tenth_of_the_window():
-    assert glocal.Glocal(window=100, total_steps=1000).record_every == 10
-    assert glocal.Glocal(window=50, total_steps=1000).record_every == 5
-    assert glocal.Glocal(window=35, total_steps=1000).record_every == 1  # largest divisor of 35 <= 3
-    assert glocal.Glocal(window=36, total_steps=1000).record_every == 3
+def test_default_record_every_is_a_quarter_of_the_window():
+    assert glocal.Glocal(total_steps=1000).record_every == 5  # the default window of 20 steps
+    assert glocal.Glocal(window=100, total_steps=1000).record_every == 25
+    assert glocal.Glocal(window=50, total_steps=1000).record_every == 10  # largest divisor of 50 <= 12
+    assert glocal.Glocal(window=35, total_steps=1000).record_every == 7  # largest divisor of 35 <= 8
+    assert glocal.Glocal(window=36, total_steps=1000).record_every == 9
 
 
 def test_default_estimator_is_affine_dmd_blended_by_held_out_errors():

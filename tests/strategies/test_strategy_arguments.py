@@ -31,12 +31,18 @@ def test_glocal_window_at_most_total_steps():
         Glocal(window=101, total_steps=100)
 
 
-def test_default_record_every_gives_ten_points_and_divides_the_window():
-    assert check_record_every(100, None) == 10
-    assert check_record_every(95, None) == 5  # 9 does not divide 95: the next smaller divisor
-    assert check_record_every(7, None) == 1
-    assert check_record_every(10, None) == 1 and check_record_every(4, None) == 1  # at least one step
-    assert check_record_every(96, None) == 8  # 9 does not divide 96: the largest divisor below it
+def test_default_record_every_gives_record_points_per_window_and_divides_the_window():
+    from glocal import defaults
+
+    for window in range(1, 200):
+        spacing = check_record_every(window, None)
+        target = max(1, window // defaults.RECORD_POINTS)
+        assert window % spacing == 0 and spacing <= target  # a divisor, at most the target spacing ...
+        assert all(window % larger for larger in range(spacing + 1, target + 1))  # ... the largest such
+    assert defaults.RECORD_POINTS == 4  # the values below are for four points per window
+    assert check_record_every(20, None) == 5 and check_record_every(100, None) == 25
+    assert check_record_every(95, None) == 19  # 23 does not divide 95: the largest divisor below it
+    assert check_record_every(7, None) == 1 and check_record_every(4, None) == 1  # at least one step
     assert check_record_every(10, 10) == 10 and check_record_every(10, 1) == 1
 
 

@@ -87,7 +87,7 @@ def test_glocal_anchor_defaults_and_reanchoring():
 ])
 def test_bad_anchor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        glocal.Glocal(window=100, total_steps=1000, **kwargs)
+        glocal.Glocal(window=100, total_steps=1000, record_every=10, **kwargs)
 
 
 def test_the_kept_trajectory_is_trimmed_to_fit_rows():
