@@ -111,3 +111,61 @@ def test_initial_values_at_the_bounds_are_accepted_and_outside_named():
         glocal.HyperSpace(lr=glocal.Log(100.0))
     with pytest.raises(ValueError, match=r"expected a real number or a real tensor, a value > 0$"):
         glocal.HyperSpace(lr=glocal.Log("0.1"))
+
+
+def test_transform_check_uses_the_bounds_of_its_name():
+    """An unresolved declaration checked on its own takes the named default bounds (lr: [1e-8, 10])."""
+    assert glocal.Identity(20.0).check("x").item() == 20.0
+    with pytest.raises(ValueError, match=r"^hyperparameter 'lr'=20 is outside its bounds \[1e-08, 10\]; "
+                                         r"declare wider ones, e.g. Identity\(value, low=\.\.\., high=\.\.\.\)$"):
+        glocal.Identity(20.0).check("lr")
+
+
+def test_bounds_are_checked_in_float64_and_must_be_strictly_ordered():
+    bad = (r"^hyperparameter 'x': bounds \[{}, {}\]: expected low < high, both {} "
+           r"\(or the edges of that range\)$")
+    # -1e-50 and 1 + 1e-10 are outside the domain in float64 (in float32 they round onto its edge)
+    with pytest.raises(ValueError, match=bad.format("-1e-50", "10", "a value > 0")):
+        glocal.HyperSpace(x=glocal.Log(1.0, low=-1e-50, high=10.0))
+    with pytest.raises(ValueError, match=bad.format("0.1", "1", r"a value in the open interval \(0, 1\)")):
+        glocal.HyperSpace(x=glocal.Logit(0.5, low=0.1, high=1 + 1e-10))
+    with pytest.raises(ValueError, match=bad.format("1", "1", "a value > 0")):
+        glocal.HyperSpace(x=glocal.Log(1.0, low=1.0, high=1.0))
+    # the domain's own edges are allowed as bounds (raw -inf / +inf)
+    space = glocal.HyperSpace(x=glocal.Logit(0.5, low=0.0, high=1.0), dtype=torch.float64)
+    assert space.raw_low.item() == -math.inf and space.raw_high.item() == math.inf
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 1.5, -0.5])
+def test_logit_refuses_the_closed_edges_as_out_of_range(value):
+    with pytest.raises(ValueError, match=rf"^hyperparameter 'x'={value:g} is out of range; "
+                                         r"expected a value in the open interval \(0, 1\)$"):
+        glocal.HyperSpace(x=glocal.Logit(value, low=0.0, high=1.0))
+
+
+def test_integer_dtype_is_refused_with_the_full_message():
+    with pytest.raises(ValueError, match=r"^dtype=torch.int64: expected a floating-point torch dtype \(raw is "
+                                         r"optimized by gradient steps\), e.g. torch.float32 or torch.float64$"):
+        glocal.HyperSpace(lr=glocal.Log(0.1), dtype=torch.int64)
+
+
+def test_raw_bounds_share_the_dtype_and_device_of_raw():
+    space = glocal.HyperSpace(lr=glocal.Log(0.1), dtype=torch.float32, device="meta")
+    for t in (space.raw_low, space.raw_high):
+        assert t.dtype == torch.float32 and t.device.type == "meta"
+
+
+def test_space_states_at_the_bounds_load_and_beyond_them_are_named():
+    space = glocal.HyperSpace(dtype=torch.float32, **{f"h{i}": glocal.Log(0.1, low=1e-3, high=2.0)
+                                                      for i in range(7)})
+    low, high = space.raw_low.double(), space.raw_high.double()
+    # exactly at the bounds, and float64 states within round-off of them (equal once in float32)
+    for raw in (low, high, low - 1e-12, high + 1e-12):
+        space.load_state_dict({"raw": raw})
+        assert torch.equal(space.raw.detach(), raw.float())
+    with pytest.raises(ValueError, match=r"^space state 'raw': outside the bounds at h0, h1, h2, h3, h4$"):
+        space.load_state_dict({"raw": high + 1.0})
+    with pytest.raises(ValueError, match=r"^space state 'raw': outside the bounds at h0, h1, h2, h3, h4$"):
+        space.load_state_dict({"raw": low - 1.0})
+    with pytest.raises(ValueError, match=r"^space state 'raw': not finite at h0, h1, h2, h3, h4$"):
+        space.load_state_dict({"raw": torch.full((7,), math.nan, dtype=torch.float64)})

@@ -37,6 +37,7 @@ def _run_both(make_torch, ours, steps=60, tuned=()):
         {"lr": 0.05, "momentum": 0.8, "weight_decay": 0.01},
         {"lr": 0.05, "momentum": 0.8, "weight_decay": 0.01, "dampening": 0.3},
         {"lr": 0.02, "momentum": 0.9, "weight_decay": 0.1, "nesterov": True},
+        {"lr": 0.01, "momentum": 0.5, "weight_decay": 1.0},
     ],
 )
 def test_sgd_matches_torch(kwargs):

@@ -52,6 +52,7 @@ CASES = [
      dict(lr=glocal.Log(0.1), momentum=glocal.Logit(0.9)), 1),
     ("sgd-plain-lr", lambda: SGD(lr=0.1), dict(lr=glocal.Log(0.1)), 0),
     ("sgd-untuned-wd", lambda: SGD(lr=0.1, weight_decay=1e-2, momentum=0.5), dict(lr=glocal.Log(0.1)), 1),
+    ("sgd-untuned-wd-one", lambda: SGD(lr=0.1, weight_decay=1.0, momentum=0.5), dict(lr=glocal.Log(0.1)), 1),
     ("adamw-lr-wd", lambda: AdamW(lr=1e-2, weight_decay=0.1),
      dict(lr=glocal.Log(1e-2), weight_decay=glocal.Log(0.1)), 2),
     ("adamw-all", lambda: AdamW(lr=1e-2, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.1),
@@ -90,3 +91,39 @@ def test_linearized_update_matches_forward_ad(name, make, entries, groups, step,
     for a, b in zip(got[3], want[3], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert torch.isfinite(got[2]).all()
+
+
+def test_add_row_scalar_row_and_dense_per_group_tangent():
+    """A scalar h enters one row (slope * coefficient); a per-group h's dense (q, p) tangent every row."""
+    from glocal.optim.base import add_row
+
+    torch.manual_seed(0)
+    tangent, coefficient = torch.randn(3, 5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    dense, slope = torch.randn(3, 5, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
+    got = tangent.clone()
+    add_row(got, {"lr": dense}, "lr", coefficient)
+    torch.testing.assert_close(got, tangent + dense * coefficient, rtol=0, atol=1e-15)
+    got = tangent.clone()
+    add_row(got, {"lr": (1, slope)}, "lr", coefficient)
+    want = tangent.clone()
+    want[1] += 0.7 * coefficient
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+    got = tangent.clone()
+    add_row(got, {"lr": dense}, "momentum", coefficient)  # not tuned: unchanged
+    assert torch.equal(got, tangent)
+
+
+def test_sgd_first_momentum_step_does_not_hand_back_the_grad_tangent():
+    """At step 1 the momentum buffer's tangent is the gradient's; the caller may reuse its input
+    tensor, so the returned state tangent must be a copy, not that tensor."""
+    space = glocal.HyperSpace(dtype=torch.float64, lr=glocal.Log(0.1))
+    params, grads = torch.randn(P, dtype=torch.float64), torch.randn(P, dtype=torch.float64)
+    t_params, t_grads = torch.randn(1, P, dtype=torch.float64), torch.randn(1, P, dtype=torch.float64)
+    state, t_state = (torch.zeros(P, dtype=torch.float64),), (torch.zeros(1, P, dtype=torch.float64),)
+    with torch.no_grad():
+        values = space.values(space.raw.detach())
+    _, _, _, new_t_state = SGD(lr=0.1, momentum=0.9).linearized_update(
+        params, state, grads, values, 1, t_params, t_state, t_grads, _slopes(space, ("lr",)))
+    assert torch.equal(new_t_state[0], t_grads)
+    t_grads.zero_()  # the caller reuses its buffer
+    assert new_t_state[0].abs().sum() > 0
