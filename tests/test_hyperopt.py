@@ -97,6 +97,8 @@ def test_state_dict_round_trip_keeps_the_adaptive_rates():
 def test_defaults_build_the_named_hyper_optimizers():
     raw = torch.zeros(2, requires_grad=True)
     assert isinstance(defaults.hyper_optimizer(raw), RelativeSGD)
+    group = defaults.hyper_optimizer(raw, lr=0.25).param_groups[0]  # adaptive rates up to twice the lr
+    assert (group["etas"], group["max_rate"]) == (defaults.HYPER_ETAS, 0.5)
     assert isinstance(defaults.hyper_optimizer(raw, "sgd", 1.0), torch.optim.SGD)
     assert isinstance(defaults.hyper_optimizer(raw, "adam", 0.1), torch.optim.Adam)
     with pytest.raises(ValueError, match="hyper_optimizer"):

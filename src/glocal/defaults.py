@@ -24,10 +24,9 @@ HYPER_OPTIMIZER = "relative"
 HYPER_LR = 0.1
 #: RelativeSGD's per-coordinate trust region on raw phi per window
 MAX_STEP = 0.3
-#: RelativeSGD's per-coordinate rate adaptation (grow while the sign holds, shrink on a flip; iRprop-) ...
+#: RelativeSGD's per-coordinate rate adaptation (grow while the sign holds, shrink on a flip; iRprop-),
+#: up to RelativeSGD's default max_rate (twice its lr)
 HYPER_ETAS: tuple[float, float] | None = (1.2, 0.5)
-#: ... and the largest rate it reaches, in units of HYPER_LR (the base rate at most doubles)
-MAX_RATE_FACTOR = 2.0
 #: RelativeSGD's decay of the running mean square of the local hypergradients (per window)
 RMS_BETA = 0.9
 #: Global: outer steps (each one a whole training run; the final model is one more run)
@@ -64,7 +63,6 @@ def hyper_optimizer(raw: Tensor, name: str = HYPER_OPTIMIZER, lr: float = HYPER_
     from .hyperopt import RelativeSGD
 
     if name == "relative":
-        max_rate = MAX_RATE_FACTOR * lr if max_rate is None else max_rate
         return RelativeSGD([raw], lr=lr, beta=RMS_BETA, max_step=max_step, etas=etas, max_rate=max_rate)
     if name == "sgd":
         return torch.optim.SGD([raw], lr=lr)

@@ -63,7 +63,7 @@ class Settings:
     max_step: float = defaults.MAX_STEP
     #: RelativeSGD's per-coordinate rate adaptation (grow, shrink) and its largest rate
     hyper_etas: tuple[float, float] | None = defaults.HYPER_ETAS
-    #: None: defaults.MAX_RATE_FACTOR x hyper_lr
+    #: None: RelativeSGD's default, 2 x hyper_lr
     max_rate: float | None = None
     #: Glocal's per-coordinate guard against the local value (None: off)
     max_ratio: float | None = defaults.MAX_RATIO

@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from reducers import HalfAll
 from torch import nn
 from torch.nn import functional as F
 
@@ -22,21 +23,6 @@ from glocal.hypergrad.tangents import reduce_all
 
 DT = torch.float64
 MODES = ("plain", "forward", "reverse")
-
-
-class HalfAll:
-    """The mean over two ranks when the other contributes zeros; records every collective."""
-
-    def __init__(self) -> None:
-        self.what: list[str] = []
-
-    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
-        self.what.append("one tensor")
-        return 0.5 * tensor
-
-    def mean_all(self, tensors, what: str = "tensors"):
-        self.what.append(what)
-        return tuple(0.5 * t for t in tensors)
 
 
 class HalfEach:

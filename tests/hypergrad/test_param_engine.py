@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from reducers import HalfAll
 from torch import nn
 from torch.nn import functional as F
 
@@ -21,21 +22,6 @@ from glocal.hypergrad.params_engine import CREATE_GRAPH_MESSAGE, ParamEngine
 from glocal.optim import SGD, AdamW
 
 DT = torch.float64
-
-
-class HalfAll:
-    """The mean over two ranks when the other contributes zeros, in one collective; records the names."""
-
-    def __init__(self) -> None:
-        self.what: list[str] = []
-
-    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
-        self.what.append("one tensor")
-        return 0.5 * tensor
-
-    def mean_all(self, tensors, what: str = "tensors"):
-        self.what.append(what)
-        return tuple(0.5 * t for t in tensors)
 
 
 def model_and_data():

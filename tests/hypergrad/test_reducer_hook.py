@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+from reducers import HalfAll
 from torch import nn
 from torch.nn import functional as F
 
@@ -19,20 +20,6 @@ import glocal
 
 def half(tensor: torch.Tensor) -> torch.Tensor:
     return 0.5 * tensor
-
-
-class HalfAll:
-    """The same mean, taken in one collective per call (``mean_all``, as ``glocal.distributed.Reducer``)."""
-
-    def __init__(self) -> None:
-        self.what: list[str] = []
-
-    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
-        return 0.5 * tensor
-
-    def mean_all(self, tensors, what: str = "tensors"):
-        self.what.append(what)
-        return tuple(0.5 * t for t in tensors)
 
 
 def run(strategy_factory, lr, reducer):
